@@ -1,0 +1,411 @@
+"""The trainer: seeded, resumable, with validation-based model selection.
+
+``train(cfg, out_dir)`` writes into ``out_dir``:
+
+- ``config.yaml``: the resolved config;
+- ``log.csv``: one row per epoch (learning rate, time, images/s, the mean of
+  every loss term, validation Dice/HD95), rewritten from the checkpointed
+  history so that a resumed run has no duplicate or missing rows;
+- ``last.pt``: everything needed to resume (written atomically every epoch);
+- ``best.pt``: the weights with the best validation mean Dice (never a test split);
+- ``val_metrics.csv`` (and ``test_metrics.csv`` when ``data.test`` is set): the
+  per-volume metrics of ``best.pt`` at the end.
+
+Determinism: every epoch draws its shuffling, augmentation and dropout from
+generators seeded by ``(train.seed, epoch)``, so a run resumed from the
+checkpoint of epoch *k* continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weakseg.config import Config, config_from_dict, dump_config
+from weakseg.data import DATASETS
+from weakseg.data.base import Volume, VolumeSet
+from weakseg.data.slices import SliceData, augment_batch, build_slices
+from weakseg.data.splits import select_groups
+from weakseg.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
+from weakseg.engine.inference import predict_volume
+from weakseg.errors import WeaksegError
+from weakseg.losses.recipe import LossRecipe
+from weakseg.models import MODELS
+
+__all__ = [
+    "DataSplits",
+    "TrainResult",
+    "build_model",
+    "build_optimizer",
+    "evaluate_volumes",
+    "load_data",
+    "load_model_from_checkpoint",
+    "train",
+    "train_one_epoch",
+]
+
+Logger = Callable[[str], None]
+
+
+@dataclass
+class DataSplits:
+    """The data set and its volumes split by group (patient)."""
+
+    dataset: VolumeSet
+    train: list[Volume]
+    val: list[Volume]
+    test: list[Volume]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_epoch: int
+    best_score: float
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def load_data(cfg: Config) -> DataSplits:
+    """Read the configured data set and split it by group (patient)."""
+    params = dict(cfg.data.params)
+    if cfg.data.root is not None:
+        params["root"] = cfg.data.root
+    dataset = DATASETS.build(cfg.data.name, **params)
+    train = select_groups(dataset.volumes, cfg.data.train)
+    val = select_groups(dataset.volumes, cfg.data.val) if cfg.data.val else []
+    test = select_groups(dataset.volumes, cfg.data.test) if cfg.data.test else []
+    if not train:
+        raise WeaksegError(f"data.train='{cfg.data.train}' selects no volume of {cfg.data.name}")
+    for name, other in (("val", val), ("test", test)):
+        shared = {v.group for v in train} & {v.group for v in other}
+        if shared:
+            raise WeaksegError(
+                f"patients {sorted(shared)[:5]} are in both train and {name}; splits must be "
+                "disjoint by patient"
+            )
+        if other and any(v.label is None for v in other):
+            raise WeaksegError(f"{name} volumes need full label maps to be scored")
+    return DataSplits(dataset, train, val, test)
+
+
+def build_model(cfg: Config, in_channels: int, num_classes: int) -> nn.Module:
+    return MODELS.build(
+        cfg.model.name, in_channels=in_channels, num_classes=num_classes, **cfg.model.params
+    )
+
+
+def build_optimizer(
+    cfg: Config, model: nn.Module, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    total = max(total_steps, 1)
+    if t.schedule == "poly":
+        def factor(step: int) -> float:
+            return max(1.0 - step / total, 0.0) ** 0.9
+    elif t.schedule == "cosine":
+        def factor(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    else:
+        def factor(step: int) -> float:
+            return 1.0
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise WeaksegError(f"bad train.device '{name}'; use auto, cpu or cuda") from exc
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % 2**63
+
+
+def train_one_epoch(
+    model: nn.Module,
+    recipe: LossRecipe,
+    data: SliceData,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    batch_size: int,
+    seed: int,
+    augment: bool = True,
+    max_steps: int | None = None,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+    desc: str = "",
+) -> dict[str, float]:
+    """One pass over ``data`` (shuffled, drop-last); returns the mean of each loss part."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=gen)
+    steps = max(len(data) // batch_size, 1)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    sums: dict[str, float] = {}
+    model.train()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)  # dropout
+        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+        for step in bar:
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x, y = data.images[idx], data.targets[idx]
+            if augment:
+                x, y = augment_batch(x, y, gen)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            total, parts = recipe(logits, {"image": x, "target": y})
+            if not torch.isfinite(total):
+                raise WeaksegError(
+                    f"the loss became {float(total)} at step {step} ({desc}); lower train.lr "
+                    "or the loss weights"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            scheduler.step()
+            parts = {"total": total.detach(), **parts}
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if progress:
+                bar.set_postfix(loss=f"{float(total):.4f}")
+    return {k: v / steps for k, v in sums.items()} | {"steps": float(steps)}
+
+
+def evaluate_volumes(
+    model: nn.Module,
+    volumes: list[Volume],
+    class_names: list[str],
+    *,
+    size: int,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+) -> Any:
+    """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``."""
+    from tqdm.auto import tqdm
+
+    from weakseg.metrics import VolumeMetrics
+
+    metrics = VolumeMetrics(class_names)
+    for vol in tqdm(volumes, desc="evaluate", disable=not progress, leave=False):
+        if vol.label is None:
+            raise WeaksegError(f"{vol.key}: no full label map to score against")
+        pred = predict_volume(model, vol, size=size, device=device)
+        metrics.update(pred, vol.label, key=vol.key, spacing=vol.spacing)
+    return metrics
+
+
+def _write_log(history: list[dict[str, Any]], path: Path) -> None:
+    cols: list[str] = []
+    for row in history:
+        cols += [k for k in row if k not in cols]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def _same_config(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Keys whose values differ between a saved config and ``cfg`` (epochs may grow)."""
+    now = cfg.to_dict()
+    diffs = []
+    for section in now:
+        a, b = saved.get(section), now[section]
+        if section == "train" and isinstance(a, dict):
+            a = {k: v for k, v in a.items() if k not in ("epochs", "threads", "device")}
+            b = {k: v for k, v in b.items() if k not in ("epochs", "threads", "device")}
+        if a != b:
+            diffs.append(section)
+    return diffs
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Logger = print,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
+    """Train ``cfg`` into ``out_dir`` (see the module docstring for what is written).
+
+    Args:
+        resume: continue from ``out_dir/last.pt`` when it exists.
+        stop_after_epoch: stop (as if killed) after this many epochs; for tests.
+    """
+    out = Path(out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if last_path.exists() and not resume:
+        raise WeaksegError(
+            f"{out} already holds a run (last.pt); pass --resume to continue it or choose "
+            "another --out folder"
+        )
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = _device(t.device)
+    splits = load_data(cfg)
+    ds = splits.dataset
+    data = build_slices(
+        splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
+        size=cfg.data.size, seed=cfg.data.annotation_seed,
+        annotation_params=cfg.data.annotation_params,
+    )
+    torch.manual_seed(t.seed)  # model initialisation
+    model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
+    recipe = LossRecipe(cfg.loss).to(device)
+    steps = max(len(data) // t.batch_size, 1)
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+    optimizer, scheduler = build_optimizer(cfg, model, steps * t.epochs)
+
+    history: list[dict[str, Any]] = []
+    best = {"epoch": 0, "score": -math.inf}
+    start = 0
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        diffs = _same_config(ckpt["config"], cfg)
+        if diffs:
+            raise WeaksegError(
+                f"cannot resume {out}: config sections {diffs} differ from the saved run; "
+                "resume with the same config (only train.epochs may grow)"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        recipe.load_state_dict(ckpt["recipe"])
+        history, best, start = ckpt["history"], ckpt["best"], int(ckpt["epoch"])
+        log(f"resuming {out} after epoch {start}/{t.epochs}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    log(
+        f"training {cfg.model.name} on {len(data)} slices from {len(splits.train)} volumes "
+        f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
+        f"{len(splits.val)} validation volumes, {t.epochs} epochs × {steps} steps, {device}"
+    )
+    writer = _tensorboard(out)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.to_dict(),
+        "class_names": ds.class_names,
+        "in_channels": ds.in_channels,
+        "size": cfg.data.size,
+    }
+    t0 = time.perf_counter()
+    for epoch in range(start, t.epochs):
+        tic = time.perf_counter()
+        parts = train_one_epoch(
+            model, recipe, data, optimizer, scheduler, batch_size=t.batch_size,
+            seed=_epoch_seed(t.seed, epoch), augment=t.augment,
+            max_steps=t.max_steps_per_epoch, device=device, progress=progress,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+        )
+        train_s = time.perf_counter() - tic
+        n_steps = int(parts.pop("steps"))
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": round(train_s, 3),
+            "images_per_s": round(n_steps * t.batch_size / max(train_s, 1e-9), 2),
+        }
+        row.update({f"train_{k}": v for k, v in parts.items()})
+        last_epoch = epoch + 1 == t.epochs
+        if splits.val and ((epoch + 1) % t.val_every == 0 or last_epoch):
+            vm = evaluate_volumes(model, splits.val, ds.class_names, size=cfg.data.size,
+                                  device=device)
+            scores = vm.compute()
+            row.update({f"val_{k}": v for k, v in scores.items() if k.startswith(("dice", "hd95"))})
+            score = scores["dice_mean"]
+        else:
+            score = -math.inf if splits.val else float(epoch)  # no val: keep the last epoch
+        if score > best["score"]:
+            best = {"epoch": epoch + 1, "score": float(score)}
+            save_atomic({**meta, "model": model.state_dict(), "epoch": epoch + 1,
+                         "score": float(score)}, best_path)
+        row["epoch_seconds"] = round(time.perf_counter() - tic, 3)
+        history.append(row)
+        save_atomic(
+            {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "recipe": recipe.state_dict(),
+             "epoch": epoch + 1, "history": history, "best": best},
+            last_path,
+        )
+        _write_log(history, out / "log.csv")
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    writer.add_scalar(k, v, epoch + 1)
+        val_txt = f" val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
+        log(
+            f"epoch {epoch + 1}/{t.epochs}: loss {parts['total']:.4f}{val_txt} "
+            f"({train_s:.1f}s, {row['images_per_s']:.1f} img/s)"
+        )
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            return TrainResult(out, int(best["epoch"]), float(best["score"]),
+                               time.perf_counter() - t0, history)
+    if writer is not None:
+        writer.close()
+
+    result = TrainResult(out, int(best["epoch"]), float(best["score"]),
+                         time.perf_counter() - t0, history)
+    best_ckpt = load_checkpoint(best_path)
+    model.load_state_dict(best_ckpt["model"])
+    for name, vols in (("val", splits.val), ("test", splits.test)):
+        if vols:
+            vm = evaluate_volumes(model, vols, ds.class_names, size=cfg.data.size, device=device)
+            vm.write_csv(out / f"{name}_metrics.csv")
+            setattr(result, f"{name}_metrics", vm.compute())
+    summary = {
+        "best_epoch": result.best_epoch,
+        "best_val_dice": result.best_score if splits.val else None,
+        "train_seconds_total": float(sum(r["train_seconds"] for r in history)),
+        "val_metrics": result.val_metrics,
+        "test_metrics": result.test_metrics,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV logs only
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of a checkpoint; returns ``(model, checkpoint)``."""
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"])
+    model = build_model(cfg, int(ckpt["in_channels"]), len(ckpt["class_names"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt

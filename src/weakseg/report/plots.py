@@ -1,0 +1,103 @@
+"""Overlay pictures and training curves (matplotlib, headless ``Agg`` backend)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_curves", "plot_overlays"]
+
+_COLORS = np.array(
+    [[0, 0, 0], [0.95, 0.25, 0.25], [0.25, 0.85, 0.35], [0.25, 0.5, 1.0], [1.0, 0.8, 0.2],
+     [0.8, 0.3, 0.9], [0.2, 0.9, 0.9], [1.0, 0.5, 0.0]]
+)
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+    img = image.astype(np.float32)
+    img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img[..., :3]
+    if labels is None:
+        return rgb
+    out = rgb.copy()
+    mask = labels > 0
+    colors = _COLORS[np.clip(labels, 0, len(_COLORS) - 1) % len(_COLORS)]
+    out[mask] = (1 - alpha) * rgb[mask] + alpha * colors[mask]
+    return out
+
+
+def plot_overlays(
+    path: str | Path,
+    images: Sequence[np.ndarray],
+    columns: dict[str, Sequence[np.ndarray | None]],
+    *,
+    row_titles: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """A grid: one row per slice, first column the image, then one column per label map.
+
+    Args:
+        images: 2D slices ``(H, W)`` (or ``(H, W, 3)``).
+        columns: title → one label map per slice (``None`` shows the bare image);
+            unlabelled pixels (negative values) are left uncoloured.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    n, m = len(images), 1 + len(columns)
+    fig, axes = plt.subplots(n, m, figsize=(2.4 * m, 2.4 * n + 0.4), squeeze=False)
+    for i, image in enumerate(images):
+        axes[i, 0].imshow(_overlay(image, None))
+        axes[i, 0].set_title("image" if i == 0 else "", fontsize=9)
+        if row_titles:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
+        for j, (title, maps) in enumerate(columns.items(), start=1):
+            axes[i, j].imshow(_overlay(image, maps[i]))
+            axes[i, j].set_title(title if i == 0 else "", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if class_names:
+        handles = [Patch(color=_COLORS[k % len(_COLORS)], label=name)
+                   for k, name in enumerate(class_names) if k > 0]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if class_names else 0, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(path: str | Path, logs: dict[str, str | Path]) -> Path:
+    """Training loss and validation Dice per epoch for one or more runs' ``log.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, log in logs.items():
+        with open(log, newline="") as f:
+            rows = list(csv.DictReader(f))
+        epochs = [int(r["epoch"]) for r in rows]
+        ax_loss.plot(epochs, [float(r["train_total"]) for r in rows], label=name)
+        if rows and "val_dice_mean" in rows[0]:
+            pts = [(e, float(r["val_dice_mean"])) for e, r in zip(epochs, rows, strict=True)
+                   if r.get("val_dice_mean")]
+            ax_dice.plot(*zip(*pts, strict=True), marker=".", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    ax_dice.set(xlabel="epoch", ylabel="mean Dice", title="validation Dice", ylim=(0, 1))
+    ax_loss.legend(fontsize=8)
+    ax_dice.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
