@@ -101,7 +101,10 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-_CHOICES = {("train", "optimizer"): ("adam", "sgd"), ("train", "schedule"): ("poly", "cosine", "constant")}
+_CHOICES = {
+    ("train", "optimizer"): ("adam", "sgd"),
+    ("train", "schedule"): ("poly", "cosine", "constant"),
+}
 
 
 def _check_keys(section: str, given: dict[str, Any], allowed: list[str]) -> None:
@@ -206,7 +209,8 @@ def validate(cfg: Config) -> None:
         raise WeaksegError(f"config 'train.lr' must be > 0, got {t.lr}")
     if cfg.data.size < 16 or cfg.data.size % 16:
         raise WeaksegError(
-            f"config 'data.size' must be a multiple of 16 (U-Net down-sampling), got {cfg.data.size}"
+            f"config 'data.size' must be a multiple of 16 (U-Net down-sampling), "
+            f"got {cfg.data.size}"
         )
 
 
@@ -245,7 +249,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise WeaksegError(
-                        f"bad override '{item}': '{part}' is not an index of a {len(node)}-item list"
+                        f"bad override '{item}': '{part}' is not an index of a "
+                        f"{len(node)}-item list"
                     )
                 if last:
                     node[int(part)] = value

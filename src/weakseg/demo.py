@@ -54,8 +54,8 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
     """Train the demo runs, print the comparison table, write ``overlay.png``/``curves.png``."""
-    from weakseg.engine.trainer import load_data, load_model_from_checkpoint, train
     from weakseg.engine.inference import predict_volume
+    from weakseg.engine.trainer import load_data, load_model_from_checkpoint, train
     from weakseg.report import plot_curves, plot_overlays
 
     out = Path(out_dir)
@@ -68,7 +68,8 @@ def run_demo(
             log(f"[{name}] already finished in {run_dir}; reusing it")
         else:
             log(f"[{name}] training ({cfg.data.annotation} + {cfg.loss[0].name})")
-            train(cfg, run_dir, resume=True, progress=progress, log=lambda s, n=name: log(f"[{n}] {s}"))
+            train(cfg, run_dir, resume=True, progress=progress,
+                  log=lambda s, n=name: log(f"[{n}] {s}"))
         results[name] = _read_summary(run_dir)
 
     table = format_comparison(results, reference="full" if "full" in results else None)

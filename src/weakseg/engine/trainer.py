@@ -153,7 +153,7 @@ def train_one_epoch(
     seed: int,
     augment: bool = True,
     max_steps: int | None = None,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "",
 ) -> dict[str, float]:
@@ -167,6 +167,7 @@ def train_one_epoch(
         steps = min(steps, max_steps)
     sums: dict[str, float] = {}
     model.train()
+    device = torch.device(device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # dropout
@@ -202,7 +203,7 @@ def evaluate_volumes(
     class_names: list[str],
     *,
     size: int,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> Any:
     """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``."""

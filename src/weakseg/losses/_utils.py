@@ -17,7 +17,9 @@ def check_reduction(reduction: str) -> None:
 def check_logits_target(logits: torch.Tensor, target: torch.Tensor) -> None:
     """Logits ``(B, C, *spatial)`` with 1–3 spatial dims; target ``(B, *spatial)`` integer."""
     if logits.ndim < 3 or logits.ndim > 5:
-        raise ValueError(f"logits must be (B, C, *spatial) with 1-3 spatial dims, got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must be (B, C, *spatial) with 1-3 spatial dims, got {tuple(logits.shape)}"
+        )
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(
             f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}; "

@@ -2,7 +2,8 @@
 
 .. math::
 
-    \\mathcal{L}_{pCE}(S, y) = -\\frac{1}{|\\mathcal{L}|} \\sum_{p \\in \\mathcal{L}} \\log s_p^{y_p}
+    \\mathcal{L}_{pCE}(S, y) =
+        -\\frac{1}{|\\mathcal{L}|} \\sum_{p \\in \\mathcal{L}} \\log s_p^{y_p}
 
 where :math:`\\mathcal{L}` are the pixels whose label is not ``ignore_index``
 (scribbles, points) and :math:`s_p = \\mathrm{softmax}(z_p)`.

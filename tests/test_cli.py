@@ -1,0 +1,139 @@
+"""The command line end to end on tiny data: train → evaluate → predict, demo, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from weakseg.cli import main
+from weakseg.data import DATASETS
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def h5_folder(tmp_path_factory) -> Path:
+    """Phantom volumes written in the WSL4MIS h5 layout (4 = unlabelled)."""
+    root = tmp_path_factory.mktemp("h5")
+    vset = DATASETS.build("phantom", num_volumes=4, size=32, slices=4, seed=3)
+    for i, vol in enumerate(vset.volumes):
+        scr = vol.annotations["scribble"].copy()
+        scr[scr < 0] = 4
+        with h5py.File(root / f"patient{i + 1:03d}_frame01.h5", "w") as f:
+            f["image"] = vol.image
+            f["label"] = vol.label.astype(np.uint8)
+            f["scribble"] = scr.astype(np.uint16)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(h5_folder: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    raw = tiny_config(train__epochs=2)
+    raw["data"] = {"name": "acdc_h5", "root": str(h5_folder), "annotation": "scribble",
+                   "size": 32, "train": "1-3", "val": "4"}
+    cfg = out / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(cfg), "--out", str(out / "run"), "--quiet"]) == 0
+    return out / "run" / "best.pt"
+
+
+def test_help_and_list(capsys):
+    proc = subprocess.run([sys.executable, "-m", "weakseg.cli", "--help"], capture_output=True,
+                          text=True, check=True)
+    for word in ("demo", "train", "evaluate", "predict", "list"):
+        assert word in proc.stdout
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("unet2d", "partial_ce", "ce_dice", "acdc_h5", "nifti", "phantom", "scribble"):
+        assert name in out
+
+
+def test_evaluate_writes_table_and_csv(trained: Path, h5_folder: Path, tmp_path: Path, capsys):
+    csv_path = tmp_path / "m.csv"
+    assert main(["evaluate", "--checkpoint", str(trained), "--data", str(h5_folder),
+                 "--patients", "4", "--out", str(csv_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "LV" in out and "HD95" in out
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("key,dice_RV") and lines[1].startswith("patient004_frame01")
+    assert lines[-1].startswith("mean")
+
+
+def test_predict_h5_keeps_shape(trained: Path, h5_folder: Path, tmp_path: Path):
+    assert main(["predict", "--checkpoint", str(trained), "--input", str(h5_folder),
+                 "--output", str(tmp_path), "--quiet"]) == 0
+    files = sorted(tmp_path.glob("*.h5"))
+    assert len(files) == 4
+    with h5py.File(files[0]) as f, h5py.File(h5_folder / files[0].name) as g:
+        assert f["prediction"].shape == g["image"].shape
+        assert f["prediction"][()].max() < 4
+
+
+def test_predict_nifti_keeps_affine(trained: Path, tmp_path: Path):
+    src = tmp_path / "in"
+    src.mkdir()
+    affine = np.diag([1.2, 1.2, 8.0, 1.0])
+    affine[:3, 3] = [10, -20, 5]
+    img = np.random.default_rng(0).random((40, 36, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(img, affine), src / "case_0000.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(trained), "--input", str(src), "--output",
+                 str(out), "--quiet"]) == 0
+    pred = nib.load(out / "case.nii.gz")
+    assert pred.shape == img.shape
+    assert np.allclose(pred.affine, affine)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--config", "missing.yaml"], "config file not found"),
+        (["train", "--set", "train.epoch=3"], "did you mean 'epochs'"),
+        (["evaluate", "--checkpoint", "nope.pt", "--data", "."], "checkpoint not found"),
+        (["predict", "--checkpoint", "CKPT", "--input", "EMPTY", "--output", "x"],
+         "no supported images"),
+        (["evaluate", "--checkpoint", "CKPT", "--data", "H5", "--patients", "77"],
+         "selects no volume"),
+    ],
+)
+def test_errors_are_one_line(argv, match, trained, h5_folder, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    subs = {"CKPT": str(trained), "EMPTY": str(empty), "H5": str(h5_folder)}
+    argv = [subs.get(a, a) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert match in err
+
+
+def test_not_a_checkpoint(tmp_path: Path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert main(["evaluate", "--checkpoint", str(bad), "--data", str(tmp_path)]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_demo_small(tmp_path: Path):
+    from weakseg.demo import run_demo
+
+    logs: list[str] = []
+    results = run_demo(tmp_path, epochs=1, size=32, progress=False, log=logs.append)
+    assert set(results) == {"full", "scribble_pce"}
+    assert (tmp_path / "overlay.png").stat().st_size > 1000
+    assert (tmp_path / "curves.png").exists()
+    table = (tmp_path / "results.md").read_text()
+    assert "Dice LV" in table and "% of full" in table
+    assert json.loads((tmp_path / "full" / "summary.json").read_text())["test_metrics"]
+    # a second call reuses the finished runs instead of retraining
+    run_demo(tmp_path, epochs=1, size=32, progress=False, log=logs.append)
+    assert any("reusing" in line for line in logs)

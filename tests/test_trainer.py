@@ -1,0 +1,107 @@
+"""Trainer: reproducibility, logs, checkpoints, and resume after a real kill."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from weakseg.config import config_from_dict
+from weakseg.data.base import IGNORE_INDEX, Volume
+from weakseg.data.slices import build_slices
+from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.engine.trainer import train
+from weakseg.errors import WeaksegError
+
+from .conftest import tiny_config
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_writes_everything_and_is_seeded(tmp_path: Path):
+    cfg = config_from_dict(tiny_config())
+    r1 = train(cfg, tmp_path / "a", progress=False, log=lambda s: None)
+    r2 = train(cfg, tmp_path / "b", progress=False, log=lambda s: None)
+    for name in ("config.yaml", "log.csv", "last.pt", "best.pt", "val_metrics.csv",
+                 "summary.json"):
+        assert (tmp_path / "a" / name).exists(), name
+    assert _same(_weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt"))
+    assert r1.best_score == r2.best_score
+    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"train_total", "train_partial_ce", "val_dice_mean", "images_per_s"} <= set(rows[0])
+    # best.pt is the epoch with the best validation Dice
+    best = max(rows, key=lambda r: float(r["val_dice_mean"]))
+    assert load_checkpoint(tmp_path / "a" / "best.pt")["epoch"] == int(best["epoch"])
+    # a different seed gives different weights
+    other = config_from_dict(tiny_config(train__seed=1))
+    train(other, tmp_path / "c", progress=False, log=lambda s: None)
+    assert not _same(_weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "c" / "last.pt"))
+
+
+def test_existing_run_needs_resume_and_same_config(tmp_path: Path):
+    cfg = config_from_dict(tiny_config(train__epochs=1))
+    train(cfg, tmp_path, progress=False, log=lambda s: None)
+    with pytest.raises(WeaksegError, match="--resume"):
+        train(cfg, tmp_path, progress=False, log=lambda s: None)
+    changed = config_from_dict(tiny_config(train__epochs=1, train__lr=0.5))
+    with pytest.raises(WeaksegError, match="differ"):
+        train(changed, tmp_path, resume=True, progress=False, log=lambda s: None)
+
+
+def test_no_labelled_pixel_in_dataset_is_an_error():
+    image = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    empty = np.full((2, 8, 8), IGNORE_INDEX)
+    vols = [Volume(f"v{i}", f"p{i}", image, annotations={"scribble": empty}) for i in range(3)]
+    with pytest.raises(WeaksegError, match="no labelled pixel in the whole data set"):
+        build_slices(vols, annotation="scribble", num_classes=4, size=16)
+    with pytest.raises(WeaksegError, match="no annotation 'points'.*sim:scribble"):
+        build_slices(vols, annotation="points", num_classes=4, size=16)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path):
+    raw = tiny_config(train__epochs=8)
+    raw["data"]["params"]["num_volumes"] = 8
+    raw["data"]["train"] = "0-6"
+    raw["data"]["val"] = "7"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    cfg = config_from_dict(raw)
+    train(cfg, tmp_path / "ref", progress=False, log=lambda s: None)
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weakseg.cli", "train", "--config", str(cfg_path), "--out",
+         str(run), "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(run / "last.pt")["epoch"]
+    assert 1 <= done < 8, f"the run was not killed mid-way (epoch {done})"
+
+    train(cfg, run, resume=True, progress=False, log=lambda s: None)
+    assert _same(_weights(run / "last.pt"), _weights(tmp_path / "ref" / "last.pt"))
+    assert _same(_weights(run / "best.pt"), _weights(tmp_path / "ref" / "best.pt"))
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    ref_rows = list(csv.DictReader(open(tmp_path / "ref" / "log.csv")))
+    assert [r["epoch"] for r in rows] == [str(e) for e in range(1, 9)]
+    assert [r["train_total"] for r in rows] == [r["train_total"] for r in ref_rows]
