@@ -7,11 +7,9 @@ Registered modules declare the batch entries they consume in ``inputs``
 
 from __future__ import annotations
 
-from torch import nn
-
+from weakseg.losses.base import LOSSES
 from weakseg.losses.partial import PartialCrossEntropyLoss, partial_cross_entropy
 from weakseg.losses.supervised import CEDiceLoss, ce_dice_loss, soft_dice_loss
-from weakseg.registry import Registry
 
 __all__ = [
     "LOSSES",
@@ -21,11 +19,3 @@ __all__ = [
     "partial_cross_entropy",
     "soft_dice_loss",
 ]
-
-LOSSES: Registry[type[nn.Module]] = Registry("loss")
-LOSSES.register("partial_ce", help="partial cross-entropy on labelled pixels (R1)")(
-    PartialCrossEntropyLoss
-)
-LOSSES.register("ce_dice", help="cross-entropy + soft Dice, the full-supervision baseline")(
-    CEDiceLoss
-)

@@ -21,6 +21,7 @@ from torch import nn
 
 from weakseg.data.base import IGNORE_INDEX
 from weakseg.losses._utils import check_logits_target, check_reduction
+from weakseg.losses.base import LOSSES
 
 __all__ = ["PartialCrossEntropyLoss", "partial_cross_entropy"]
 
@@ -67,6 +68,7 @@ def partial_cross_entropy(
     return total / count.clamp_min(1)
 
 
+@LOSSES.register("partial_ce", help="partial cross-entropy on labelled pixels (R1)")
 class PartialCrossEntropyLoss(nn.Module):
     """Module form of :func:`partial_cross_entropy` (stores hyper-parameters only)."""
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from weakseg.data.base import IGNORE_INDEX
 from weakseg.losses._utils import check_logits_target
+from weakseg.losses.base import LOSSES
 
 __all__ = ["CEDiceLoss", "ce_dice_loss", "soft_dice_loss"]
 
@@ -78,6 +79,7 @@ def ce_dice_loss(
     return ce_weight * ce + dice_weight * dice
 
 
+@LOSSES.register("ce_dice", help="cross-entropy + soft Dice, the full-supervision baseline")
 class CEDiceLoss(nn.Module):
     """Module form of :func:`ce_dice_loss`."""
 

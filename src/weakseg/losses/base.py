@@ -1,0 +1,13 @@
+"""The loss registry (kept apart from ``__init__`` so loss modules can register)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from weakseg.registry import Registry
+
+__all__ = ["LOSSES"]
+
+#: ``LOSSES.build(name, **params)`` → an ``nn.Module`` whose ``inputs`` attribute names
+#: the batch entries its ``forward(logits, **inputs)`` takes (``"target"``, ``"image"``).
+LOSSES: Registry[type[nn.Module]] = Registry("loss")
