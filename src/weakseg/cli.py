@@ -108,7 +108,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         reg = registries[kind]
         print(f"{kind}:")
         for name in reg.names():
-            print(f"  {name:<14} {reg.help(name)}")
+            print(f"  {name:<20} {reg.help(name)}")
     return 0
 
 

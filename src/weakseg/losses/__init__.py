@@ -8,14 +8,38 @@ Registered modules declare the batch entries they consume in ``inputs``
 from __future__ import annotations
 
 from weakseg.losses.base import LOSSES
+from weakseg.losses.crf_local import (
+    GridCRFLoss,
+    LocalWindowCRFLoss,
+    grid_crf_loss,
+    local_window_crf_loss,
+)
+from weakseg.losses.entropy import (
+    EntropyLoss,
+    MarginalPriorLoss,
+    MutualInformationLoss,
+    entropy_loss,
+    marginal_prior_loss,
+    mutual_information_loss,
+)
 from weakseg.losses.partial import PartialCrossEntropyLoss, partial_cross_entropy
 from weakseg.losses.supervised import CEDiceLoss, ce_dice_loss, soft_dice_loss
 
 __all__ = [
     "LOSSES",
     "CEDiceLoss",
+    "EntropyLoss",
+    "GridCRFLoss",
+    "LocalWindowCRFLoss",
+    "MarginalPriorLoss",
+    "MutualInformationLoss",
     "PartialCrossEntropyLoss",
     "ce_dice_loss",
+    "entropy_loss",
+    "grid_crf_loss",
+    "local_window_crf_loss",
+    "marginal_prior_loss",
+    "mutual_information_loss",
     "partial_cross_entropy",
     "soft_dice_loss",
 ]
