@@ -8,6 +8,12 @@ Registered modules declare the batch entries they consume in ``inputs``
 from __future__ import annotations
 
 from weakseg.losses.base import LOSSES
+from weakseg.losses.crf import (
+    DenseCRFLoss,
+    NormalizedCutLoss,
+    dense_crf_loss,
+    normalized_cut_loss,
+)
 from weakseg.losses.crf_local import (
     GridCRFLoss,
     LocalWindowCRFLoss,
@@ -28,18 +34,22 @@ from weakseg.losses.supervised import CEDiceLoss, ce_dice_loss, soft_dice_loss
 __all__ = [
     "LOSSES",
     "CEDiceLoss",
+    "DenseCRFLoss",
     "EntropyLoss",
     "GridCRFLoss",
     "LocalWindowCRFLoss",
     "MarginalPriorLoss",
     "MutualInformationLoss",
+    "NormalizedCutLoss",
     "PartialCrossEntropyLoss",
     "ce_dice_loss",
+    "dense_crf_loss",
     "entropy_loss",
     "grid_crf_loss",
     "local_window_crf_loss",
     "marginal_prior_loss",
     "mutual_information_loss",
+    "normalized_cut_loss",
     "partial_cross_entropy",
     "soft_dice_loss",
 ]
