@@ -128,7 +128,7 @@ def test_demo_small(tmp_path: Path):
 
     logs: list[str] = []
     results = run_demo(tmp_path, epochs=1, size=32, progress=False, log=logs.append)
-    assert set(results) == {"full", "scribble_pce"}
+    assert set(results) == {"full", "scribble_pce", "scribble_dense_crf"}
     assert (tmp_path / "overlay.png").stat().st_size > 1000
     assert (tmp_path / "curves.png").exists()
     table = (tmp_path / "results.md").read_text()

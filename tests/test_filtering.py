@@ -237,7 +237,8 @@ def test_grid_errors():
 
 
 def test_resolve_backend():
-    assert resolve_backend("auto", 1024, 3) == "exact"
+    assert resolve_backend("auto", 256, 3) == "exact"
+    assert resolve_backend("auto", 1024, 3) == "grid"
     assert resolve_backend("auto", 1025, 5) == "grid"
     assert resolve_backend("auto", 4096, 6) == "permutohedral"
     assert resolve_backend("grid", 4, 3) == "grid"

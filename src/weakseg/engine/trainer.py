@@ -9,7 +9,8 @@
 - ``last.pt``: everything needed to resume (written atomically every epoch);
 - ``best.pt``: the weights with the best validation mean Dice (never a test split);
 - ``val_metrics.csv`` (and ``test_metrics.csv`` when ``data.test`` is set): the
-  per-volume metrics of ``best.pt`` at the end.
+  per-volume metrics of ``best.pt`` at the end, with ``val_overlay.png`` (image,
+  ground truth, prediction on a few volumes) and ``curves.png`` (loss, validation Dice).
 
 Determinism: every epoch draws its shuffling, augmentation and dropout from
 generators seeded by ``(train.seed, epoch)``, so a run resumed from the
@@ -378,11 +379,18 @@ def train(
                          time.perf_counter() - t0, history)
     best_ckpt = load_checkpoint(best_path)
     model.load_state_dict(best_ckpt["model"])
+    from weakseg.report import plot_curves, plot_volume_overlays
+
+    plot_curves(out / "curves.png", {out.name: out / "log.csv"})
     for name, vols in (("val", splits.val), ("test", splits.test)):
         if vols:
             vm = evaluate_volumes(model, vols, ds.class_names, size=cfg.data.size, device=device)
             vm.write_csv(out / f"{name}_metrics.csv")
             setattr(result, f"{name}_metrics", vm.compute())
+            shown = vols[:4]
+            preds = [predict_volume(model, v, size=cfg.data.size, device=device) for v in shown]
+            plot_volume_overlays(out / f"{name}_overlay.png", shown, {"prediction": preds},
+                                 class_names=ds.class_names)
     summary = {
         "best_epoch": result.best_epoch,
         "best_val_dice": result.best_score if splits.val else None,

@@ -39,7 +39,7 @@ __all__ = [
 #: Backend names accepted by :func:`dense_gaussian`.
 BACKENDS = ("auto", "exact", "grid", "permutohedral")
 #: ``"auto"`` uses the exact kernel up to this many pixels per image.
-AUTO_EXACT_MAX_PIXELS = 1024
+AUTO_EXACT_MAX_PIXELS = 256  # the grid is already faster than the N² kernel at 32²
 #: ``"auto"`` uses the bilateral grid up to this many feature channels.
 AUTO_GRID_MAX_DIMS = 5
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_overlays"]
+from weakseg.data.base import Volume
+
+__all__ = ["plot_curves", "plot_overlays", "plot_volume_overlays"]
 
 _COLORS = np.array(
     [[0, 0, 0], [0.95, 0.25, 0.25], [0.25, 0.85, 0.35], [0.25, 0.5, 1.0], [1.0, 0.8, 0.2],
@@ -101,3 +103,52 @@ def plot_curves(path: str | Path, logs: dict[str, str | Path]) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_volume_overlays(
+    path: str | Path,
+    volumes: Sequence[Volume],
+    predictions: dict[str, Sequence[np.ndarray]],
+    *,
+    class_names: Sequence[str] | None = None,
+    annotation: str | None = None,
+    max_rows: int = 4,
+) -> Path:
+    """Mid slice of up to ``max_rows`` volumes: image, [annotation], ground truth, predictions.
+
+    Args:
+        volumes: the volumes (their ``label`` is the ground truth column when present).
+        predictions: run name → one ``(Z, H, W)`` class map per volume.
+        annotation: name of a weak annotation of the volumes to show (e.g. ``"scribble"``).
+    """
+    picked = list(range(len(volumes)))[:max_rows]
+    images, rows = [], []
+    columns: dict[str, list[np.ndarray | None]] = {}
+    if annotation:
+        columns[annotation] = []
+    if any(volumes[i].label is not None for i in picked):
+        columns["ground truth"] = []
+    for name in predictions:
+        columns[name] = []
+    for i in picked:
+        vol = volumes[i]
+        z = _most_labelled_slice(vol)
+        image = vol.image[z]
+        images.append(image if image.ndim == 2 else image[..., :3])
+        rows.append(f"{vol.key} z={z}")
+        if annotation:
+            ann = vol.annotations.get(annotation)
+            columns[annotation].append(None if ann is None else ann[z])
+        if "ground truth" in columns:
+            columns["ground truth"].append(None if vol.label is None else vol.label[z])
+        for name, preds in predictions.items():
+            columns[name].append(preds[i][z])
+    return plot_overlays(path, images, columns, row_titles=rows, class_names=class_names)
+
+
+def _most_labelled_slice(vol: Volume) -> int:
+    """The slice with the most foreground in the ground truth (mid slice without one)."""
+    if vol.label is None:
+        return vol.shape[0] // 2
+    counts = (vol.label > 0).reshape(vol.shape[0], -1).sum(1)
+    return int(np.argmax(counts)) if counts.any() else vol.shape[0] // 2
