@@ -22,36 +22,20 @@ from weakseg.filtering import (
     resolve_backend,
 )
 
+from .conftest import disc_phantom
+
 SIGMA_XY, SIGMA_I = 5.0, 0.1  # the loss defaults
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids waiting on busy cores at every parallel region."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def phantom(shape: tuple[int, ...], gen: torch.Generator, classes: int = 3, channels: int = 1
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Discs/balls with noisy intensities in [0, 1] and soft predictions roughly aligned."""
-    b, *spatial = shape
-    axes = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in spatial],
-                          indexing="ij")
-    labels = torch.zeros(shape, dtype=torch.long)
-    for i in range(b):
-        for k in range(1, classes):
-            centre = [float(torch.rand((), generator=gen)) * n for n in spatial]
-            radius = (0.15 + 0.2 * float(torch.rand((), generator=gen))) * max(spatial)
-            dist = sum((a - c) ** 2 for a, c in zip(axes, centre, strict=True)).sqrt()
-            labels[i][dist < radius] = k
-    means = torch.rand(channels, classes, generator=gen)
-    image = means[:, labels].movedim(0, 1)
-    image = (image + 0.05 * torch.randn(image.shape, generator=gen)).clamp(0, 1)
-    logits = 4 * F.one_hot(labels, classes).movedim(-1, 1).float()
-    logits = logits + torch.randn(logits.shape, generator=gen)
+    image, logits = disc_phantom(shape, gen, classes, channels)
     return image, logits.softmax(1)
 
 

@@ -52,7 +52,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from weakseg.filtering import BACKENDS, bilateral_features, dense_gaussian
-from weakseg.losses._utils import check_reduction, reduce
+from weakseg.losses._utils import check_logits_image, check_reduction, reduce
 from weakseg.losses.base import LOSSES
 
 __all__ = ["DenseCRFLoss", "NormalizedCutLoss", "dense_crf_loss", "normalized_cut_loss"]
@@ -84,19 +84,6 @@ def _check_options(
             f"downsample must be an integer ≥ 1 (or one per spatial dim), got {downsample!r}"
         )
     check_reduction(reduction)
-
-
-def _check_logits_image(logits: torch.Tensor, image: torch.Tensor) -> None:
-    if logits.ndim < 3 or logits.ndim > 5:
-        raise ValueError(
-            f"logits must be (B, C, *spatial) with 1-3 spatial dims, got {tuple(logits.shape)}"
-        )
-    if image.ndim != logits.ndim or image.shape[0] != logits.shape[0] \
-            or image.shape[2:] != logits.shape[2:]:
-        raise ValueError(
-            f"image {tuple(image.shape)} must be (B, K, *spatial) matching logits "
-            f"{tuple(logits.shape)}"
-        )
 
 
 def _downsample(x: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
@@ -137,7 +124,7 @@ def _cut_terms(
     ignore_background: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image ``(cut (B, C'), association dᵀS (B, C'), total 1ᵀW1 (B,))``."""
-    _check_logits_image(logits, image)
+    check_logits_image(logits, image)
     dims = logits.ndim - 2
     probs = logits.softmax(dim=1)
     image = image.detach().to(probs.dtype)

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from weakseg.losses._utils import check_reduction, reduce
+from weakseg.losses._utils import check_logits_image, check_reduction, reduce
 from weakseg.losses.base import LOSSES
 
 __all__ = [
@@ -203,27 +203,6 @@ def _normalised(num: torch.Tensor, den: torch.Tensor, probs: torch.Tensor) -> to
     return attached / den.clamp_min(torch.finfo(den.dtype).tiny)
 
 
-def _check_logits_image(logits: torch.Tensor, image: torch.Tensor) -> None:
-    """Logits ``(B, C, *spatial)`` (1–3 spatial dims), image ``(B, K, *spatial)`` float."""
-    if logits.ndim < 3 or logits.ndim > 5:
-        raise ValueError(
-            f"logits must be (B, C, *spatial) with 1-3 spatial dims, got {tuple(logits.shape)}"
-        )
-    if (
-        image.ndim != logits.ndim
-        or image.shape[0] != logits.shape[0]
-        or image.shape[2:] != logits.shape[2:]
-    ):
-        raise ValueError(
-            f"image shape {tuple(image.shape)} does not match logits {tuple(logits.shape)}; "
-            "expected (B, K, *spatial) with the logits' batch size and spatial size"
-        )
-    if not image.dtype.is_floating_point:
-        raise ValueError(
-            f"image must be a floating-point tensor scaled to [0, 1], got {image.dtype}"
-        )
-
-
 def _check_kernel_size(kernel_size: int) -> None:
     if (
         isinstance(kernel_size, bool)
@@ -282,7 +261,7 @@ def grid_crf_loss(
         True
     """
     check_reduction(reduction)
-    _check_logits_image(logits, image)
+    check_logits_image(logits, image)
     _check_sigma("sigma_intensity", sigma_intensity)
     ndim = logits.ndim - 2
     offsets = neighbour_offsets(ndim, neighbourhood)
@@ -415,7 +394,7 @@ def local_window_crf_loss(
     _check_kernel_size(kernel_size)
     _check_sigma("sigma_xy", sigma_xy)
     _check_sigma("sigma_intensity", sigma_intensity)
-    _check_logits_image(logits, image)
+    check_logits_image(logits, image)
     ndim = logits.ndim - 2
     sp = _spacing_for(spacing, ndim)
     if method == "unfold" and ndim != 2:
