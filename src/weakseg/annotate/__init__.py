@@ -1,6 +1,11 @@
-"""Weak annotations: simulators from full masks (seeded) and the registry."""
+"""Weak annotations: simulators from full masks (seeded) and the registry.
 
-from weakseg.annotate import scribbles as _scribbles  # noqa: F401  (registers)
+Dense label-map simulators (registered): ``scribble``, ``points``, ``eroded_blobs``.
+Boxes, extreme points, tags and size bounds: :mod:`weakseg.annotate.boxes`.
+"""
+
+from weakseg.annotate import points as _points  # noqa: F401  (registers)
+from weakseg.annotate import scribbles as _scribbles  # noqa: F401
 from weakseg.annotate.base import ANNOTATORS
 
 __all__ = ["ANNOTATORS"]
