@@ -42,6 +42,7 @@ def test_overrides_types_and_lists():
         ({"data": {"name": "acdc"}}, "unknown data set 'acdc'"),
         ({"data": {"size": 100}}, "multiple of 16"),
         ({"loss": []}, "non-empty list"),
+        ({"loss": [{"name": "dense_crf", "params": {"sigma_xy": -1}}]}, "loss 'dense_crf'.*sigma"),
     ],
 )
 def test_config_errors_are_one_line(raw, match):

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from weakseg.errors import WeaksegError
-from weakseg.losses.recipe import LossTerm
+from weakseg.losses.recipe import LossRecipe, LossTerm
 from weakseg.registry import did_you_mean
 
 __all__ = [
@@ -201,6 +201,7 @@ def validate(cfg: Config) -> None:
     DATASETS.get(cfg.data.name)
     for term in cfg.loss:
         LOSSES.get(term.name)
+    LossRecipe(cfg.loss)  # builds every term: bad loss parameters fail here, before any data
     t = cfg.train
     for name in ("epochs", "batch_size", "val_every"):
         if getattr(t, name) < 1:

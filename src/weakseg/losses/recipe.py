@@ -56,7 +56,7 @@ class LossRecipe(nn.Module):
         if not terms:
             raise WeaksegError("the loss recipe is empty; add at least one term under 'loss:'")
         self.terms = list(terms)
-        self.losses = nn.ModuleList(LOSSES.build(t.name, **t.params) for t in terms)
+        self.losses = nn.ModuleList(_build(LOSSES, t) for t in terms)
         names: list[str] = []
         for t in terms:
             name = t.name
@@ -82,3 +82,13 @@ class LossRecipe(nn.Module):
             if term.weight != 0:
                 total = total + term.weight * value
         return total, parts
+
+
+def _build(registry: Any, term: LossTerm) -> nn.Module:
+    """Build one term, turning a loss's own ``ValueError`` into a one-line config error."""
+    try:
+        return registry.build(term.name, **term.params)
+    except WeaksegError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise WeaksegError(f"loss '{term.name}': {exc}") from exc

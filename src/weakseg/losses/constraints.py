@@ -1,0 +1,865 @@
+r"""Differentiable constraint values from logits (METHODS.md C1, C2, C6, C7, C9, C11).
+
+With :math:`s_p = \mathrm{softmax}(z_p)` and the soft size :math:`V_c = \sum_{p \in \Omega}
+s_p^c` of class :math:`c` in one image, every *inequality* constraint is returned as a value
+:math:`g` such that :math:`g \le 0` means satisfied, per image and class, divided by
+:math:`|\Omega|` (pixel counts become image fractions; positions are divided by the axis
+length), so that the same step sizes and weights work at any resolution:
+
+* :func:`size_constraints` (C3/C4/C5): :math:`a \le V_c \le b` →
+  :math:`[(a - V_c),\ (V_c - b)] / |\Omega|`;
+* :func:`tag_constraints` (C6): tag absent → :math:`V_c \le 0`; present → :math:`V_c \ge m`;
+* :func:`box_constraints` (C7): emptiness outside the box, tightness of every band of
+  ``w`` rows/columns crossing it, box-size bounds;
+* :func:`centroid_constraints` (C11): soft centroid within bounds.
+
+Constraints come back as a :class:`Constraint` ``(g, active)``: inactive entries (e.g. a bound
+``(0, inf)``) hold ``-inf`` in ``g`` and ``False`` in ``active``, so the objectives of
+:mod:`weakseg.constrain` (penalty, log-barrier, Lagrangian) ignore them and the metrics can
+count violations among the active ones only. Turn them into a loss with
+:func:`weakseg.constrain.apply` or :class:`weakseg.constrain.ConstraintObjective`.
+
+Objectives that are not inequalities return a loss directly: :func:`size_equality_l2`
+(C1), :func:`size_equality_kl` (C2) and :func:`area_by_sorting` (C9).
+
+Everything works in 2D and 3D (reductions over ``range(2, ndim)``) and is vectorised over
+images, classes, bounds and bands.
+
+References:
+    Pathak, Krähenbühl & Darrell, "Constrained convolutional neural networks for weakly
+    supervised segmentation", ICCV 2015.
+    Kervadec et al., "Constrained-CNN losses for weakly supervised segmentation", MedIA 2019.
+    Kervadec et al., "Constrained deep networks: Lagrangian optimization via log-barrier
+    extensions", MedIA 2022.
+    Kervadec et al., "Bounding boxes for weakly supervised segmentation: global constraints
+    get close to full supervision", MIDL 2020.
+    Zhang, David & Gong, "Curriculum domain adaptation for semantic segmentation of urban
+    scenes", ICCV 2017. Zhou et al., "Prior-aware neural network for partially-supervised
+    multi-organ segmentation", ICCV 2019.
+    Fong, Patrick & Vedaldi, "Understanding deep networks via extremal perturbations and
+    smooth masks", ICCV 2019.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from weakseg.constrain import ConstraintObjective
+from weakseg.errors import WeaksegError
+
+__all__ = [
+    "AREA_ACTIVATIONS",
+    "AreaBySortingLoss",
+    "BoxConstraintLoss",
+    "CentroidConstraintLoss",
+    "Constraint",
+    "SizeConstraintLoss",
+    "SizeEqualityLoss",
+    "TagConstraintLoss",
+    "area_by_sorting",
+    "box_constraints",
+    "centroid_constraints",
+    "check_size_bounds",
+    "size_constraints",
+    "size_equality_kl",
+    "size_equality_l2",
+    "soft_size",
+    "tag_constraints",
+]
+
+AREA_ACTIVATIONS = ("softmax", "sigmoid", "none")
+EQUALITY_KINDS = ("l2", "kl")
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class Constraint(NamedTuple):
+    """Constraint values and which of them are active."""
+
+    g: torch.Tensor
+    """Values, ``g <= 0`` satisfied; ``-inf`` where inactive."""
+    active: torch.Tensor
+    """Bool, same shape as ``g``: the constraints that take part."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if logits.ndim < 3 or logits.ndim > 5:
+        raise ValueError(
+            f"logits must be (B, C, *spatial) with 1-3 spatial dims, got {tuple(logits.shape)}"
+        )
+    if not logits.dtype.is_floating_point:
+        raise ValueError(f"logits must be a floating-point tensor, got {logits.dtype}")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got '{reduction}'")
+
+
+def _spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(2, x.ndim))
+
+
+def _num_pixels(x: torch.Tensor) -> int:
+    return math.prod(x.shape[2:])
+
+
+def _as_tensor(
+    value: torch.Tensor | float | Sequence[float], like: torch.Tensor, shape: tuple[int, ...],
+    what: str, expected: str,
+) -> torch.Tensor:
+    """``value`` on ``like``'s device and dtype, broadcast to ``shape``."""
+    tensor = torch.as_tensor(value, device=like.device).to(like.dtype)
+    try:
+        return tensor.expand(shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{what} of shape {tuple(tensor.shape)} does not broadcast to {expected} = {shape}"
+        ) from err
+
+
+def _first(bad: torch.Tensor) -> tuple[int, ...]:
+    """Index of the first ``True`` of ``bad`` (a host sync: checks only)."""
+    return tuple(int(i) for i in bad.nonzero()[0].tolist())
+
+
+def _reduce_classes(per_class: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``(B, C)`` terms: ``"mean"`` over images of the sum over classes, ``"sum"``, ``"none"``."""
+    if reduction == "none":
+        return per_class
+    if reduction == "sum":
+        return per_class.sum()
+    return per_class.sum(1).mean()
+
+
+def soft_size(logits: torch.Tensor, *, fraction: bool = False) -> torch.Tensor:
+    r"""Soft size :math:`V_c = \sum_{p \in \Omega} s_p^c` of every class in every image.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        fraction: return :math:`V_c / |\Omega|` (a class proportion) instead of pixels.
+
+    Shape:
+        logits ``(B, C, *spatial)``; output ``(B, C)``.
+
+    Example:
+        >>> soft_size(torch.zeros(2, 4, 8, 8))[0]
+        tensor([16., 16., 16., 16.])
+    """
+    _check_logits(logits)
+    probs = logits.softmax(1)
+    dims = _spatial_dims(logits)
+    return probs.mean(dims) if fraction else probs.sum(dims)
+
+
+# ------------------------------------------------------------------------- sizes (C3)
+
+
+def check_size_bounds(
+    bounds: torch.Tensor, num_pixels: int, *, fraction: bool = False, what: str = "size bounds"
+) -> None:
+    """Raise :class:`WeaksegError` for NaN, negative or infeasible bounds ``(B, C, 2)``.
+
+    Infeasible: lower > upper, or lower above the image size (``num_pixels``, or 1 if the
+    bounds are fractions). The message names the first offending image and class.
+    """
+    lo, hi = bounds.unbind(-1)
+    total, unit = (1.0, "fraction") if fraction else (float(num_pixels), "pixels")
+    checks = [
+        (torch.isnan(bounds).any(-1), "is NaN"),
+        ((bounds < 0).any(-1), "is negative; sizes are >= 0"),
+        (lo > hi, "is infeasible: lower > upper"),
+        (lo > total, f"is infeasible: lower above the image size {total:g} ({unit})"),
+    ]
+    for bad, why in checks:
+        if bool(bad.any()):
+            where = _first(bad)
+            image, cls = (where[0], where[1]) if len(where) >= 2 else (0, where[-1])
+            value = [float(v) for v in bounds[where].tolist()]
+            raise WeaksegError(
+                f"{what} for image {image}, class {cls}: (lower, upper) = {tuple(value)} {why}"
+            )
+
+
+def size_constraints(
+    logits: torch.Tensor,
+    bounds: torch.Tensor | Sequence[Sequence[float]],
+    *,
+    fraction: bool = False,
+    check: bool = True,
+) -> Constraint:
+    r"""Size bounds :math:`a_c \le V_c \le b_c` as constraint values (C3/C4/C5, C6 sizes).
+
+    .. math::
+
+        g = \bigl[\,(a_c - V_c) / |\Omega|,\ (V_c - b_c) / |\Omega|\,\bigr]
+
+    A lower bound is active only where :math:`a > 0`, an upper bound only where
+    :math:`b < |\Omega|` (otherwise it always holds; in particular ``(0, inf)`` switches a
+    class off); inactive entries are ``-inf``.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        bounds: ``(B, C, 2)`` ``[lower, upper]`` per image and class (or anything that
+            broadcasts to it, e.g. ``(C, 2)`` for all images), in pixels, or fractions of the
+            image if ``fraction``; ``inf`` allowed as upper bound.
+        fraction: bounds are fractions of :math:`|\Omega|` in ``[0, 1]``.
+        check: reject NaN, negative and infeasible bounds (a host sync; switch off in hot
+            loops once the data are known to be valid).
+
+    Returns:
+        :class:`Constraint` with ``g`` and ``active`` of shape ``(B, C, 2)``.
+
+    Raises:
+        WeaksegError: NaN, negative or infeasible bounds (message names image and class).
+
+    Shape:
+        logits ``(B, C, *spatial)``, bounds ``(B, C, 2)``; output ``(B, C, 2)``.
+
+    Reference:
+        Kervadec et al., "Constrained-CNN losses for weakly supervised segmentation",
+        MedIA 2019.
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 4, 4)                 # V = (8, 8)
+        >>> size_constraints(logits, torch.tensor([[[0.0, 16.0], [10.0, 12.0]]])).g
+        tensor([[[   -inf,    -inf],
+                 [ 0.1250, -0.2500]]])
+    """
+    _check_logits(logits)
+    b, c = logits.shape[:2]
+    bounds = _as_tensor(bounds, logits, (b, c, 2), "size bounds", "(B, C, 2)")
+    total = 1.0 if fraction else float(_num_pixels(logits))
+    if check:
+        check_size_bounds(bounds, _num_pixels(logits), fraction=fraction)
+    lo, hi = bounds.unbind(-1)
+    size = soft_size(logits, fraction=fraction)
+    g = torch.stack([lo - size, size - hi], dim=-1) / total
+    active = torch.stack([lo > 0, hi < total], dim=-1)
+    return Constraint(torch.where(active, g, float("-inf")), active)
+
+
+def tag_constraints(
+    logits: torch.Tensor, tags: torch.Tensor, *, min_size: float = 1.0, fraction: bool = False
+) -> Constraint:
+    r"""Image-level tags as constraints (C6): suppression of absent, inclusion of present
+    classes.
+
+    .. math::
+
+        g_c = \begin{cases} V_c / |\Omega| & \text{tag } c \text{ absent } (V_c \le 0) \\
+              (m - V_c) / |\Omega| & \text{tag } c \text{ present } (V_c \ge m)
+              \end{cases}
+
+    A soft size is never exactly 0, so an absent class is always (slightly) violated: the
+    objective keeps pushing its probabilities down (linearly with the log-barrier
+    extension or the Lagrangian, the paper's choice).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        tags: ``(B, C)`` bool, ``True`` where the class is present (include the background,
+            normally present).
+        min_size: ``m``, the minimal size of a present class, in pixels (or a fraction of the
+            image if ``fraction``).
+        fraction: ``min_size`` is a fraction of :math:`|\Omega|`.
+
+    Returns:
+        :class:`Constraint` of shape ``(B, C)``, all entries active.
+
+    Shape:
+        logits ``(B, C, *spatial)``, tags ``(B, C)``; output ``(B, C)``.
+
+    Reference:
+        Pathak et al., ICCV 2015 (suppression / foreground constraints); Kervadec et al.,
+        MedIA 2019.
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 4, 4)                 # V = (8, 8)
+        >>> tag_constraints(logits, torch.tensor([[True, False]]), min_size=10.0).g
+        tensor([[0.1250, 0.5000]])
+    """
+    _check_logits(logits)
+    if tags.dtype != torch.bool or tags.shape != logits.shape[:2]:
+        raise ValueError(
+            f"tags must be a (B, C) = {tuple(logits.shape[:2])} bool tensor, got "
+            f"{tuple(tags.shape)} {tags.dtype}"
+        )
+    total = 1.0 if fraction else float(_num_pixels(logits))
+    if not 0 < min_size <= total:
+        raise ValueError(f"min_size must be in (0, {total:g}], got {min_size}")
+    size = soft_size(logits, fraction=fraction)
+    g = torch.where(tags.to(logits.device), min_size - size, size) / total
+    return Constraint(g, torch.ones_like(g, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------- boxes (C7)
+
+
+def _band_constraints(
+    inside: torch.Tensor, boxes: torch.Tensor, band_width: int, total: float
+) -> Constraint:
+    """Tightness of every band of ``band_width`` slices along every spatial axis."""
+    gs, actives = [], []
+    spatial = _spatial_dims(inside)
+    for axis in spatial:  # the 1-3 spatial axes, not the bands
+        other = tuple(d for d in spatial if d != axis)
+        mass = inside.sum(other) if other else inside          # (B, C, n) mass per slice
+        crosses = boxes.any(other) if other else boxes         # (B, C, n) slice in the box
+        zero = mass.new_zeros(mass.shape[:-1] + (1,))
+        cum = torch.cat([zero, mass.cumsum(-1)], dim=-1)
+        cum_rows = torch.cat([zero.long(), crosses.long().cumsum(-1)], dim=-1)
+        band_mass = cum[..., band_width:] - cum[..., :-band_width]
+        inside_box = (cum_rows[..., band_width:] - cum_rows[..., :-band_width]) == band_width
+        start = crosses.long().argmax(-1, keepdim=True)       # first slice of the box
+        offset = torch.arange(band_mass.shape[-1], device=mass.device) - start
+        active = inside_box & (offset % band_width == 0)       # consecutive, non-overlapping
+        gs.append(torch.where(active, (band_width - band_mass) / total, float("-inf")))
+        actives.append(active)
+    return Constraint(torch.cat(gs, dim=-1), torch.cat(actives, dim=-1))
+
+
+def box_constraints(
+    logits: torch.Tensor,
+    boxes_mask: torch.Tensor,
+    *,
+    band_width: int = 1,
+    size_fraction: tuple[float, float] = (0.5, 0.9),
+) -> dict[str, Constraint]:
+    r"""Bounding-box priors (C7): emptiness outside, tightness inside, box-size bounds.
+
+    For class :math:`c` with box :math:`B_c` (``boxes_mask[:, c]``):
+
+    .. math::
+
+        g^{out}_c &= \textstyle\sum_{p \notin B_c} s_p^c / |\Omega|
+            \quad (\text{nothing outside the box}) \\
+        g^{tight}_{c,l} &= \bigl(w - \textstyle\sum_{p \in B_c \cap S_l} s_p^c\bigr) / |\Omega|
+            \quad (\text{every band } S_l \text{ of } w \text{ rows/columns crossing it}) \\
+        g^{size}_c &= \bigl[\,\mathrm{lo}\,|B_c| - V_c,\ V_c - \mathrm{hi}\,|B_c|\,\bigr] / |\Omega|
+
+    Bands are the consecutive, non-overlapping slabs of ``band_width`` slices perpendicular to
+    each spatial axis, starting at the box's first slice; a last slab narrower than
+    ``band_width`` is dropped. In 3D a band is a slab of ``w`` slices, which must hold at
+    least ``w`` voxels. All bands of all axes are computed with one cumulative sum per axis:
+    ``tightness`` has one entry per possible band position of every axis,
+    :math:`n = \sum_d (n_d - w + 1)`, ``-inf`` / inactive where no band starts.
+
+    One box per class and image is the intended use (``boxes_mask[b, c]`` is that box). A
+    mask holding several boxes of the same class still gives valid but weaker tightness
+    bands (a slice must cross the union, not each box); give several instances separate
+    images or channels for the full prior. Classes without a box in an image (e.g. the
+    background) are inactive: combine with :func:`tag_constraints` for absent classes.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        boxes_mask: ``(B, C, *spatial)`` bool, ``True`` inside the box of class ``c``.
+        band_width: ``w``, slices per band (``>= 1``).
+        size_fraction: ``(lo, hi)``, bounds on the object's size as fractions of the box
+            area, ``0 <= lo <= hi <= 1``.
+
+    Returns:
+        ``{"outside": (B, C), "tightness": (B, C, n), "size": (B, C, 2)}``, each a
+        :class:`Constraint`.
+
+    Shape:
+        logits and boxes_mask ``(B, C, *spatial)``; outputs as above.
+
+    Reference:
+        Kervadec, Dolz, Wang, Granger & Ben Ayed, "Bounding boxes for weakly supervised
+        segmentation: global constraints get close to full supervision", MIDL 2020.
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 8, 8)
+        >>> boxes = torch.zeros(1, 2, 8, 8, dtype=torch.bool); boxes[0, 1, 2:6, 1:4] = True
+        >>> out = box_constraints(logits, boxes)
+        >>> out["tightness"].g.shape, int(out["tightness"].active.sum())   # 4 rows + 3 cols
+        (torch.Size([1, 2, 16]), 7)
+    """
+    _check_logits(logits)
+    if boxes_mask.dtype != torch.bool or boxes_mask.shape != logits.shape:
+        raise ValueError(
+            f"boxes_mask must be a bool tensor shaped like the logits {tuple(logits.shape)}, "
+            f"got {tuple(boxes_mask.shape)} {boxes_mask.dtype}"
+        )
+    if isinstance(band_width, bool) or not isinstance(band_width, int) or band_width < 1:
+        raise ValueError(f"band_width must be an integer >= 1, got {band_width!r}")
+    lo, hi = size_fraction
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"size_fraction must satisfy 0 <= lo <= hi <= 1, got {size_fraction}")
+    boxes = boxes_mask.to(logits.device)
+    dims = _spatial_dims(logits)
+    total = float(_num_pixels(logits))
+    probs = logits.softmax(1)
+    inside = probs * boxes
+    has_box = boxes.flatten(2).any(-1)                                        # (B, C)
+    size = probs.sum(dims)
+    outside = (size - inside.sum(dims)) / total
+    area = boxes.sum(dims).to(logits.dtype)
+    size_g = torch.stack([lo * area - size, size - hi * area], dim=-1) / total
+    size_active = has_box.unsqueeze(-1).expand(size_g.shape)
+    return {
+        "outside": Constraint(torch.where(has_box, outside, float("-inf")), has_box),
+        "tightness": _band_constraints(inside, boxes, band_width, total),
+        "size": Constraint(torch.where(size_active, size_g, float("-inf")), size_active),
+    }
+
+
+# ---------------------------------------------------------------------- centroid (C11)
+
+
+def centroid_constraints(
+    logits: torch.Tensor,
+    bounds: torch.Tensor | Sequence[float],
+    *,
+    fraction: bool = False,
+    check: bool = True,
+) -> Constraint:
+    r"""Soft centroid of every class within bounds, per spatial axis (C11).
+
+    .. math::
+
+        m_{c,d} = \frac{\sum_p x_d(p)\, s_p^c}{V_c}, \qquad
+        g = \bigl[\,(a_{c,d} - m_{c,d}) / n_d,\ (m_{c,d} - b_{c,d}) / n_d\,\bigr]
+
+    with :math:`x_d(p)` the pixel index along axis ``d`` (``0 … n_d − 1``), or with
+    ``fraction`` the normalised coordinate :math:`(x_d + 0.5) / n_d` in ``(0, 1)`` (and
+    no division by :math:`n_d`). A bound outside the coordinates' range (e.g. ``-inf`` /
+    ``inf``) is inactive. The soft centroid of a class that is absent is that of its
+    small probabilities; switch such classes off with infinite bounds.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        bounds: ``(B, C, D, 2)`` ``[lower, upper]`` per image, class and spatial axis (D = 1,
+            2 or 3, in the logits' axis order), or anything broadcastable to it.
+        fraction: bounds in normalised coordinates.
+        check: reject NaN bounds and lower > upper (a host sync).
+
+    Returns:
+        :class:`Constraint` of shape ``(B, C, D, 2)``.
+
+    Raises:
+        WeaksegError: NaN bounds or lower > upper.
+
+    Shape:
+        logits ``(B, C, *spatial)``, bounds ``(B, C, D, 2)``; output ``(B, C, D, 2)``.
+
+    Reference:
+        Kervadec et al., "Constrained deep networks: Lagrangian optimization via log-barrier
+        extensions", MedIA 2022 (centroid constraints).
+
+    Example:
+        >>> logits = torch.zeros(1, 1, 5, 5)                 # centroid (2, 2)
+        >>> centroid_constraints(logits, torch.tensor([[3.0, 4.0], [0.0, 4.0]])).g[0, 0]
+        tensor([[0.2000,   -inf],
+                [  -inf,   -inf]])
+    """
+    _check_logits(logits)
+    b, c, *spatial = logits.shape
+    ndim = len(spatial)
+    bounds = _as_tensor(bounds, logits, (b, c, ndim, 2), "centroid bounds", "(B, C, D, 2)")
+    if check:
+        bad = torch.isnan(bounds).any(-1) | (bounds[..., 0] > bounds[..., 1])
+        if bool(bad.any()):
+            i, k, d = _first(bad)
+            value = tuple(float(v) for v in bounds[i, k, d].tolist())
+            raise WeaksegError(
+                f"centroid bounds for image {i}, class {k}, axis {d}: (lower, upper) = {value} "
+                "is NaN or infeasible (lower > upper)"
+            )
+    probs = logits.softmax(1)
+    dims = _spatial_dims(logits)
+    size = probs.sum(dims).clamp_min(torch.finfo(logits.dtype).tiny)     # (B, C)
+    centroids, lows, highs, scales = [], [], [], []
+    for axis, n in zip(dims, spatial, strict=True):  # the 1-3 spatial axes
+        other = tuple(d for d in dims if d != axis)
+        profile = probs.sum(other) if other else probs                      # (B, C, n)
+        coord = torch.arange(n, device=logits.device, dtype=logits.dtype)
+        if fraction:
+            coord = (coord + 0.5) / n
+        centroids.append((profile * coord).sum(-1) / size)
+        lows.append(coord[0])
+        highs.append(coord[-1])
+        scales.append(1.0 if fraction else float(n))
+    centroid = torch.stack(centroids, dim=-1)                                # (B, C, D)
+    scale = torch.tensor(scales, device=logits.device, dtype=logits.dtype)
+    lo, hi = bounds.unbind(-1)
+    g = torch.stack([lo - centroid, centroid - hi], dim=-1) / scale.unsqueeze(-1)
+    active = torch.stack([lo > torch.stack(lows), hi < torch.stack(highs)], dim=-1)
+    return Constraint(torch.where(active, g, float("-inf")), active)
+
+
+# ------------------------------------------------------------ equality objectives (C1, C2)
+
+
+def size_equality_l2(
+    logits: torch.Tensor,
+    target_sizes: torch.Tensor | Sequence[float],
+    *,
+    fraction: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Known sizes as an L2 objective (C1), normalised by the image size.
+
+    .. math:: \mathcal{L} = \sum_c \bigl((V_c - v_c) / |\Omega|\bigr)^2
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target_sizes: ``(B, C)`` known sizes :math:`v_c` (or broadcastable, e.g. ``(C,)``),
+            in pixels or, with ``fraction``, fractions of the image.
+        fraction: ``target_sizes`` are fractions.
+        reduction: ``"mean"`` over images of the sum over classes, ``"sum"``, or ``"none"``
+            (per-image, per-class terms ``(B, C)``).
+
+    Shape:
+        logits ``(B, C, *spatial)``, target_sizes ``(B, C)``; output scalar or ``(B, C)``.
+
+    Reference:
+        Pathak et al., ICCV 2015; lecture "Weakly supervised CNN segmentation" (C1).
+
+    Example:
+        >>> size_equality_l2(torch.zeros(1, 2, 4, 4), torch.tensor([[4.0, 12.0]]))
+        tensor(0.1250)
+    """
+    _check_logits(logits)
+    _check_reduction(reduction)
+    target = _as_tensor(target_sizes, logits, tuple(logits.shape[:2]), "target sizes", "(B, C)")
+    total = 1.0 if fraction else float(_num_pixels(logits))
+    per_class = ((soft_size(logits, fraction=fraction) - target) / total).square()
+    return _reduce_classes(per_class, reduction)
+
+
+def size_equality_kl(
+    logits: torch.Tensor,
+    q: torch.Tensor | Sequence[float],
+    *,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Known class proportions as a binary cross-entropy / KL objective (C2).
+
+    .. math::
+
+        \mathcal{L} = -\sum_c \bigl[q_c \log \hat V_c + (1 - q_c) \log (1 - \hat V_c)\bigr],
+        \qquad \hat V_c = \mathrm{clamp}(V_c / |\Omega|, \epsilon, 1 - \epsilon)
+
+    This equals :math:`\sum_c \mathrm{KL}(\mathrm{Bern}(q_c) \,\|\, \mathrm{Bern}(\hat V_c))`
+    plus the constant entropy of ``q``: same gradients, minimum :math:`\sum_c H(q_c)` at
+    :math:`\hat V = q` (0 only for ``q`` in ``{0, 1}``).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        q: ``(B, C)`` target proportions in ``[0, 1]`` (or broadcastable, e.g. ``(C,)``).
+        eps: clamp of :math:`\hat V` away from 0 and 1.
+        reduction: ``"mean"`` over images of the sum over classes, ``"sum"``, or ``"none"``
+            (per-image, per-class terms ``(B, C)``).
+
+    Shape:
+        logits ``(B, C, *spatial)``, q ``(B, C)``; output scalar or ``(B, C)``.
+
+    Reference:
+        Zhang et al., "Curriculum domain adaptation", ICCV 2017; Zhou et al., "Prior-aware
+        neural network", ICCV 2019.
+
+    Example:
+        >>> size_equality_kl(torch.zeros(1, 2, 4, 4), torch.tensor([0.5, 0.5]))  # 2 log 2
+        tensor(1.3863)
+    """
+    _check_logits(logits)
+    _check_reduction(reduction)
+    if not 0 < eps < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    q = _as_tensor(q, logits, tuple(logits.shape[:2]), "class proportions q", "(B, C)")
+    v = soft_size(logits, fraction=True).clamp(eps, 1 - eps)
+    per_class = -(q * v.log() + (1 - q) * torch.log1p(-v))
+    return _reduce_classes(per_class, reduction)
+
+
+# ----------------------------------------------------------------- area by sorting (C9)
+
+
+def area_by_sorting(
+    logits: torch.Tensor,
+    area_fraction: torch.Tensor | float | Sequence[float],
+    *,
+    activation: str = "softmax",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Exact-area prior by sorting (C9, extremal perturbations).
+
+    .. math::
+
+        R_a(m) = \lVert \mathrm{vecsort}(m) - r_a \rVert^2 / |\Omega|
+
+    where :math:`\mathrm{vecsort}` sorts the mask values of one image and class in
+    ascending order and :math:`r_a` is :math:`(1-a)|\Omega|` zeros followed by
+    :math:`a|\Omega|` ones (rounded to whole pixels). It is 0 exactly when the mask is
+    binary with the requested area; the gradient flows through the sorted values.
+
+    Args:
+        logits: ``(B, C, *spatial)`` logits, or masks in ``[0, 1]`` with
+            ``activation="none"``.
+        area_fraction: :math:`a` in ``[0, 1]``, a float or a tensor broadcastable to
+            ``(B, C)``.
+        activation: ``"softmax"`` over classes, ``"sigmoid"`` per channel (one-channel
+            masks), or ``"none"``.
+        reduction: ``"mean"`` over images of the sum over classes, ``"sum"``, or ``"none"``
+            ``(B, C)``.
+
+    Shape:
+        logits ``(B, C, *spatial)``; output scalar or ``(B, C)``.
+
+    Reference:
+        Fong, Patrick & Vedaldi, "Understanding deep networks via extremal perturbations and
+        smooth masks", ICCV 2019, eq. (5).
+
+    Example:
+        >>> mask = torch.zeros(1, 1, 4, 4); mask[..., :2, :] = 1.0
+        >>> area_by_sorting(mask, 0.5, activation="none")
+        tensor(0.)
+    """
+    _check_logits(logits)
+    _check_reduction(reduction)
+    if activation not in AREA_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {AREA_ACTIVATIONS}, got '{activation}'")
+    area = _as_tensor(area_fraction, logits, tuple(logits.shape[:2]), "area_fraction", "(B, C)")
+    if activation == "softmax":
+        mask = logits.softmax(1)
+    elif activation == "sigmoid":
+        mask = logits.sigmoid()
+    else:
+        mask = logits
+    n = _num_pixels(logits)
+    ordered = mask.flatten(2).sort(dim=-1).values                              # (B, C, N)
+    ones = torch.round(area.clamp(0, 1) * n)                                   # (B, C)
+    position = torch.arange(n, device=logits.device, dtype=logits.dtype)
+    reference = (position >= n - ones.unsqueeze(-1)).to(logits.dtype)
+    per_class = (ordered - reference).square().sum(-1) / n
+    return _reduce_classes(per_class, reduction)
+
+
+# ---------------------------------------------------------------------------- modules
+
+
+class _InequalityLoss(nn.Module):
+    """Shared part of the constraint losses: a :class:`ConstraintObjective` per term."""
+
+    def __init__(
+        self,
+        parts: dict[str, tuple[int, ...]],
+        method: str,
+        *,
+        t0: float,
+        t_mult: float,
+        t_max: float | None,
+        dual_lr: float,
+        reduction: str,
+    ) -> None:
+        super().__init__()
+        self.objectives = nn.ModuleDict({
+            name: ConstraintObjective(method, t0=t0, t_mult=t_mult, t_max=t_max, slots=slots,
+                                      dual_lr=dual_lr, reduction=reduction)
+            for name, slots in parts.items()
+        })
+
+    def _total(self, constraints: dict[str, Constraint]) -> torch.Tensor:
+        values = [self.objectives[name](c.g, c.active) for name, c in constraints.items()]
+        return torch.stack(values).sum(0) if values[0].ndim == 0 else values[0]
+
+    def epoch_step(self) -> None:
+        """Grow the log-barrier ``t`` of every term (call once per epoch)."""
+        for objective in self.objectives.values():
+            objective.epoch_step()
+
+
+def _slots(num_classes: int | None, *tail: int) -> tuple[int, ...]:
+    return () if num_classes is None else (num_classes, *tail)
+
+
+class SizeConstraintLoss(_InequalityLoss):
+    """Size bounds (:func:`size_constraints`) as a loss, with the method selectable.
+
+    ``method``: ``"penalty"``, ``"log_barrier"`` (``t0``, ``t_mult``, ``t_max``; call
+    :meth:`epoch_step` once per epoch) or ``"lagrangian"`` (one λ per class and bound side
+    if ``num_classes`` is given, else one λ for all; dual step ``dual_lr`` at each training
+    forward). The batch key it reads is ``"bounds"`` ``(B, C, 2)``.
+    """
+
+    inputs = ("bounds",)
+
+    def __init__(
+        self,
+        method: str = "log_barrier",
+        *,
+        fraction: bool = False,
+        check: bool = True,
+        t0: float = 5.0,
+        t_mult: float = 1.1,
+        t_max: float | None = None,
+        num_classes: int | None = None,
+        dual_lr: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__({"size": _slots(num_classes, 2)}, method, t0=t0, t_mult=t_mult,
+                         t_max=t_max, dual_lr=dual_lr, reduction=reduction)
+        self.fraction = fraction
+        self.check = check
+
+    def forward(self, logits: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+        constraint = size_constraints(logits, bounds, fraction=self.fraction, check=self.check)
+        return self._total({"size": constraint})
+
+
+class TagConstraintLoss(_InequalityLoss):
+    """Image-tag constraints (:func:`tag_constraints`) as a loss; batch key ``"tags"``.
+
+    The method options are those of :class:`SizeConstraintLoss` (one λ per class).
+    """
+
+    inputs = ("tags",)
+
+    def __init__(
+        self,
+        method: str = "log_barrier",
+        *,
+        min_size: float = 1.0,
+        fraction: bool = False,
+        t0: float = 5.0,
+        t_mult: float = 1.1,
+        t_max: float | None = None,
+        num_classes: int | None = None,
+        dual_lr: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__({"tags": _slots(num_classes)}, method, t0=t0, t_mult=t_mult,
+                         t_max=t_max, dual_lr=dual_lr, reduction=reduction)
+        self.min_size = min_size
+        self.fraction = fraction
+
+    def forward(self, logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        constraint = tag_constraints(logits, tags, min_size=self.min_size,
+                                     fraction=self.fraction)
+        return self._total({"tags": constraint})
+
+
+class BoxConstraintLoss(_InequalityLoss):
+    """Box priors (:func:`box_constraints`) as a loss: the sum of the objectives of the
+    ``outside``, ``tightness`` and ``size`` terms (each with its own state; with the
+    Lagrangian, one λ per class and term, shared by the bands). Batch key ``"boxes"``
+    ``(B, C, *spatial)`` bool.
+    """
+
+    inputs = ("boxes",)
+
+    def __init__(
+        self,
+        method: str = "log_barrier",
+        *,
+        band_width: int = 1,
+        size_fraction: tuple[float, float] = (0.5, 0.9),
+        t0: float = 5.0,
+        t_mult: float = 1.1,
+        t_max: float | None = None,
+        num_classes: int | None = None,
+        dual_lr: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        if reduction == "none":
+            raise ValueError("BoxConstraintLoss sums three terms: reduction must be "
+                             "'mean' or 'sum'; use box_constraints() for the raw values")
+        parts = {"outside": _slots(num_classes), "tightness": _slots(num_classes, 1),
+                 "size": _slots(num_classes, 2)}
+        super().__init__(parts, method, t0=t0, t_mult=t_mult, t_max=t_max, dual_lr=dual_lr,
+                         reduction=reduction)
+        self.band_width = band_width
+        self.size_fraction = tuple(size_fraction)
+
+    def forward(self, logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.size_fraction
+        constraints = box_constraints(logits, boxes, band_width=self.band_width,
+                                      size_fraction=(lo, hi))
+        return self._total(constraints)
+
+
+class CentroidConstraintLoss(_InequalityLoss):
+    """Centroid bounds (:func:`centroid_constraints`) as a loss; batch key
+    ``"centroid_bounds"`` ``(B, C, D, 2)``. With the Lagrangian and ``num_classes``, λ has
+    shape ``(C, 1, 2)`` (shared by the axes)."""
+
+    inputs = ("centroid_bounds",)
+
+    def __init__(
+        self,
+        method: str = "log_barrier",
+        *,
+        fraction: bool = False,
+        check: bool = True,
+        t0: float = 5.0,
+        t_mult: float = 1.1,
+        t_max: float | None = None,
+        num_classes: int | None = None,
+        dual_lr: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__({"centroid": _slots(num_classes, 1, 2)}, method, t0=t0,
+                         t_mult=t_mult, t_max=t_max, dual_lr=dual_lr, reduction=reduction)
+        self.fraction = fraction
+        self.check = check
+
+    def forward(self, logits: torch.Tensor, centroid_bounds: torch.Tensor) -> torch.Tensor:
+        constraint = centroid_constraints(logits, centroid_bounds, fraction=self.fraction,
+                                          check=self.check)
+        return self._total({"centroid": constraint})
+
+
+class SizeEqualityLoss(nn.Module):
+    """Known sizes as a loss: ``kind="l2"`` (:func:`size_equality_l2`, batch key ``"sizes"``
+    in pixels or fractions) or ``"kl"`` (:func:`size_equality_kl`, ``"sizes"`` as
+    proportions)."""
+
+    inputs = ("sizes",)
+
+    def __init__(self, kind: str = "l2", *, fraction: bool = False, eps: float = 1e-6,
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        if kind not in EQUALITY_KINDS:
+            raise ValueError(f"kind must be one of {EQUALITY_KINDS}, got '{kind}'")
+        _check_reduction(reduction)
+        self.kind = kind
+        self.fraction = fraction
+        self.eps = eps
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        if self.kind == "l2":
+            return size_equality_l2(logits, sizes, fraction=self.fraction,
+                                    reduction=self.reduction)
+        return size_equality_kl(logits, sizes, eps=self.eps, reduction=self.reduction)
+
+
+class AreaBySortingLoss(nn.Module):
+    """Module form of :func:`area_by_sorting` with a fixed ``area_fraction`` (a float, or one
+    value per class, stored as a buffer)."""
+
+    inputs: tuple[str, ...] = ()
+    area_fraction: torch.Tensor
+
+    def __init__(self, area_fraction: float | Sequence[float] = 0.1, *,
+                 activation: str = "softmax", reduction: str = "mean") -> None:
+        super().__init__()
+        if activation not in AREA_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {AREA_ACTIVATIONS}, got '{activation}'")
+        _check_reduction(reduction)
+        self.register_buffer("area_fraction", torch.as_tensor(area_fraction, dtype=torch.float))
+        self.activation = activation
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return area_by_sorting(logits, self.area_fraction, activation=self.activation,
+                               reduction=self.reduction)
