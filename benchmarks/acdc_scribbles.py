@@ -4,6 +4,7 @@ Usage (each run is `weakseg train --resume`, so an interrupted benchmark continu
 
     python benchmarks/acdc_scribbles.py run full scribbles_pce --threads 1
     python benchmarks/acdc_scribbles.py report
+    python benchmarks/acdc_scribbles.py overlay full scribbles_pce   # docs/benchmarks/acdc_overlay.png
 
 Runs are named after configs/acdc_<name>.yaml and live in benchmarks/results/acdc/<name>.
 The report reads each run's summary.json and log.csv; it never trains.
@@ -117,6 +118,26 @@ python benchmarks/acdc_scribbles.py report
     print(text)
 
 
+def overlay(names: list[str], patients: str) -> None:
+    """Mid-ventricle slices of a few validation volumes: scribbles, truth, each run."""
+    from weakseg.data import DATASETS
+    from weakseg.engine.inference import predict_volume
+    from weakseg.engine.trainer import load_model_from_checkpoint
+    from weakseg.report import plot_volume_overlays
+
+    vset = DATASETS.build("acdc_h5", root=REPO.parent / "shared" / "data" / "acdc",
+                          patients=patients)
+    vols = [v for v in vset.volumes if v.key.endswith("frame01")][:4]
+    preds = {}
+    for name in names:
+        if (RESULTS / name / "best.pt").exists():
+            model, ckpt = load_model_from_checkpoint(RESULTS / name / "best.pt")
+            preds[name] = [predict_volume(model, v, size=int(ckpt["size"])) for v in vols]
+    path = plot_volume_overlays(DOC.with_name("acdc_overlay.png"), vols, preds,
+                                class_names=vset.class_names, annotation="scribble")
+    print(f"wrote {path}")
+
+
 def _machine_line() -> str:
     from _common import machine
 
@@ -132,9 +153,14 @@ def main() -> None:
     q = sub.add_parser("report")
     q.add_argument("names", nargs="*", default=["full", "scribbles_pce"])
     q.add_argument("--notes", default="", help="markdown file with the discussion section")
+    o = sub.add_parser("overlay")
+    o.add_argument("names", nargs="*", default=["full", "scribbles_pce"])
+    o.add_argument("--patients", default="91-100")
     args = p.parse_args()
     if args.cmd == "run":
         run(args.names, args.threads)
+    elif args.cmd == "overlay":
+        overlay(args.names, args.patients)
     else:
         notes = Path(args.notes).read_text() if args.notes else ""
         report(args.names, notes)

@@ -52,6 +52,7 @@ class Case:
     spatial: tuple[int, ...]
     backend: str = ""
     downsample: int = 1
+    method: str = "shift"  # local-window CRF: "shift" (weakseg) or "unfold" (published code)
 
 
 CASES = [
@@ -68,6 +69,8 @@ CASES = [
     Case("permutohedral-3d", "dense", (16, 128, 128), "permutohedral"),
     Case("local11-128", "local", (128, 128)),
     Case("local11-256", "local", (256, 256)),
+    Case("local11-unfold-128", "local", (128, 128), method="unfold"),
+    Case("local11-unfold-256", "local", (256, 256), method="unfold"),
     Case("unet-128", "unet", (128, 128)),
     Case("unet-256", "unet", (256, 256)),
 ]
@@ -107,7 +110,7 @@ def _step_fn(case: Case, device: torch.device, batch: int, spatial: tuple[int, .
 
         def loss() -> torch.Tensor:
             return local_window_crf_loss(logits, image, kernel_size=11, sigma_xy=SIGMA_XY,
-                                         sigma_intensity=SIGMA_I)
+                                         sigma_intensity=SIGMA_I, method=case.method)
     else:
         if case.backend == "permutohedral":
             import weakseg.filtering.permutohedral  # noqa: F401 - fail early when missing
@@ -167,7 +170,7 @@ def _describe(case: Case) -> str:
     if case.kind == "unet":
         return f"UNet training step (unet2d, Adam, CE), {size}"
     if case.kind == "local":
-        return f"local-window CRF 11×11, {size}"
+        return f"local-window CRF 11×11 ({case.method}), {size}"
     down = f", downsample {case.downsample}" if case.downsample > 1 else ""
     return f"dense CRF, {case.backend}, {size}{down}"
 
