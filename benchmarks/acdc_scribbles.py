@@ -4,7 +4,7 @@ Usage (each run is `weakseg train --resume`, so an interrupted benchmark continu
 
     python benchmarks/acdc_scribbles.py run full scribbles_pce --threads 1
     python benchmarks/acdc_scribbles.py report
-    python benchmarks/acdc_scribbles.py overlay full scribbles_pce   # docs/benchmarks/acdc_overlay.png
+    python benchmarks/acdc_scribbles.py overlay full scribbles_pce  # -> acdc_overlay.png
 
 Runs are named after configs/acdc_<name>.yaml and live in benchmarks/results/acdc/<name>.
 The report reads each run's summary.json and log.csv; it never trains.
