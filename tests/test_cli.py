@@ -16,7 +16,7 @@ import yaml
 from weakseg.cli import main
 from weakseg.data import DATASETS
 
-from .conftest import tiny_config
+from .conftest import REPO, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,33 @@ def test_errors_are_one_line(argv, match, trained, h5_folder, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert match in err
+
+
+def test_train_shipped_points_size_config_tiny(tmp_path: Path, capsys):
+    """configs/phantom_points_size.yaml (points + tags + log-barrier size), shrunk, 2 epochs."""
+    tiny = ["train.epochs=2", "train.threads=1", "data.params.num_volumes=4",
+            "data.params.size=32", "data.params.slices=4", "data.size=32", "data.train=0-2",
+            "data.val=3", "data.test=", "model.params.base_channels=4", "model.params.depth=2"]
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(REPO / "configs" / "phantom_points_size.yaml"), "--out",
+            str(out), "--quiet"]
+    assert main(argv + [a for item in tiny for a in ("--set", item)]) == 0
+    log = capsys.readouterr().out
+    assert "prior bounds_from_tags" in log and "data-set statistic" in log
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"train_partial_ce", "train_size", "train_size_violated"} <= set(header)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["priors"] == ["tags", "bounds_from_tags"]
+
+
+def test_train_constraint_without_prior_is_one_line_error(tmp_path: Path, capsys):
+    raw = tiny_config(train__epochs=1)
+    raw["loss"].append({"name": "tags", "weight": 1.0})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: loss 'tags' needs 'tags' in every batch; add data.priors: [tags]"
 
 
 def test_not_a_checkpoint(tmp_path: Path, capsys):

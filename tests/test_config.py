@@ -43,12 +43,28 @@ def test_overrides_types_and_lists():
         ({"data": {"size": 100}}, "multiple of 16"),
         ({"loss": []}, "non-empty list"),
         ({"loss": [{"name": "dense_crf", "params": {"sigma_xy": -1}}]}, "loss 'dense_crf'.*sigma"),
+        ({"data": {"priors": ["tag"]}}, "unknown prior 'tag'.*did you mean 'tags'"),
+        ({"data": {"priors": "tags"}}, "'data.priors' must be a list"),
+        ({"data": {"priors": ["oracle_bounds", "bounds_from_boxes"]}}, "both give 'bounds'"),
+        ({"loss": [{"name": "size"}]}, "loss 'size' needs 'bounds'.*bounds_from_tags"),
+        ({"loss": [{"name": "box"}], "data": {"priors": ["tags"]}},
+         "needs 'boxes'.*data.priors: \\[boxes\\]"),
+        ({"loss": [{"name": "size", "params": {"method": "barrier"}}]}, "loss 'size'.*method"),
     ],
 )
 def test_config_errors_are_one_line(raw, match):
     with pytest.raises(WeaksegError, match=match) as info:
         config_from_dict(raw)
     assert "\n" not in str(info.value)
+
+
+def test_priors_from_yaml_and_overrides():
+    raw = tiny_config()
+    raw["loss"] = [{"name": "partial_ce"}, {"name": "size"}, {"name": "tags"}]
+    raw = apply_overrides(raw, ["data.priors=[tags, bounds_from_boxes, boxes]"])
+    cfg = config_from_dict(raw)
+    assert cfg.data.priors == ["tags", "bounds_from_boxes", "boxes"]
+    assert config_from_dict(tiny_config()).data.priors == []
 
 
 def test_bad_override_and_files(tmp_path: Path):

@@ -136,6 +136,40 @@ def test_module_equals_function():
                        ce_dice_loss(logits, full, dice_weight=0.3))
 
 
+def _priors(full: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """Valid constraint inputs from a full label map ``(B, *spatial)``, in 2D and 3D:
+    ``tags`` (B, C), ``bounds`` (B, C, 2) around the true sizes, ``boxes`` (B, C, *spatial)
+    the bounding box of every foreground class."""
+    onehot = F.one_hot(full, num_classes).movedim(-1, 1).bool()          # (B, C, *spatial)
+    dims = tuple(range(2, onehot.ndim))
+    sizes = onehot.sum(dims).float()
+    boxes = torch.ones_like(onehot)
+    for axis in dims:
+        other = tuple(d for d in dims if d != axis)
+        hit = onehot.any(other) if other else onehot                      # (B, C, n)
+        pos = torch.arange(hit.shape[-1])
+        first = torch.where(hit, pos, hit.shape[-1]).min(-1).values
+        last = torch.where(hit, pos, -1).max(-1).values
+        inside = (pos >= first[..., None]) & (pos <= last[..., None])    # (B, C, n)
+        view = [*inside.shape[:2]] + [1] * len(dims)
+        view[axis] = inside.shape[-1]
+        boxes = boxes & inside.view(view)
+    boxes[:, 0] = False                                                   # no background box
+    return {"tags": sizes > 0, "bounds": torch.stack([0.8 * sizes, 1.2 * sizes], -1),
+            "boxes": boxes}
+
+
+def test_contract_priors_are_valid():
+    full = torch.zeros(1, 6, 7, dtype=torch.long)
+    full[0, 1:3, 2:5] = 1
+    full[0, 4, 6] = 1
+    priors = _priors(full, 3)
+    assert priors["tags"].tolist() == [[True, True, False]]
+    assert priors["bounds"][0, 1].tolist() == pytest.approx([5.6, 8.4])
+    assert priors["boxes"][0, 1].sum() == 4 * 5 and priors["boxes"][0, 1, 1:5, 2:7].all()
+    assert not priors["boxes"][0, 0].any() and not priors["boxes"][0, 2].any()
+
+
 @pytest.mark.parametrize("name", LOSSES.names())
 @pytest.mark.parametrize("shape", SHAPES)
 def test_contract_every_registered_loss(name, shape):
@@ -145,7 +179,9 @@ def test_contract_every_registered_loss(name, shape):
     target = _weak(shape, gen, frac=0.5)
     image = torch.rand((shape[0], 1, *shape[2:]), generator=gen)
     loss = LOSSES.build(name)
-    batch = {"target": target, "image": image}
+    full = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
+    batch = {"target": target, "image": image, **_priors(full, shape[1])}
+    assert set(loss.inputs) <= set(batch), f"the contract test cannot feed {loss.inputs}"
     value = loss(logits, **{k: batch[k] for k in loss.inputs})
     assert value.ndim == 0 and torch.isfinite(value)
     value.backward()
@@ -167,6 +203,23 @@ def test_recipe_total_and_parts():
 def test_recipe_rejects_bad_weights(weight):
     with pytest.raises(WeaksegError, match="weight"):
         LossTerm("partial_ce", weight)
+
+
+def test_recipe_epoch_step_and_stats():
+    """epoch_step() reaches the terms that have one; constraint terms report violations."""
+    recipe = LossRecipe([LossTerm("partial_ce"), LossTerm("size", params={"t0": 2.0,
+                                                                          "t_mult": 1.5})])
+    logits = torch.zeros(2, 3, 4, 4)                                  # soft sizes 16/3
+    bounds = torch.tensor([[0.0, 16.0], [8.0, 10.0], [0.0, 16.0]]).expand(2, 3, 2)
+    _, parts = recipe(logits, {"target": torch.zeros(2, 4, 4, dtype=torch.long),
+                               "bounds": bounds})
+    assert set(parts) == {"partial_ce", "size"}
+    assert list(recipe.last_stats) == ["size_violated"]
+    assert float(recipe.last_stats["size_violated"]) == 0.5   # 2 active bounds, lower violated
+    recipe.epoch_step()
+    recipe.epoch_step()
+    state = recipe.state_dict()["losses.1.objectives.size._extra_state"]["schedule"]
+    assert state["t"] == pytest.approx(4.5) and state["epoch"] == 2
 
 
 def test_recipe_unknown_loss_and_param():

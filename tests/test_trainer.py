@@ -105,3 +105,77 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path):
     ref_rows = list(csv.DictReader(open(tmp_path / "ref" / "log.csv")))
     assert [r["epoch"] for r in rows] == [str(e) for e in range(1, 9)]
     assert [r["train_total"] for r in rows] == [r["train_total"] for r in ref_rows]
+
+
+def _constrained_config(epochs: int, priors: list[str] | None = None) -> dict:
+    """Points on the phantom with log-barrier tags and a Lagrangian size constraint."""
+    raw = tiny_config(train__epochs=epochs)
+    raw["data"].update(annotation="sim:points", priors=priors or ["tags", "bounds_from_tags"])
+    raw["loss"] = [
+        {"name": "partial_ce", "weight": 1.0},
+        {"name": "size", "weight": 1.0,
+         "params": {"method": "lagrangian", "num_classes": 4, "dual_lr": 0.5}},
+        {"name": "tags", "weight": 0.5,
+         "params": {"method": "log_barrier", "t0": 2.0, "t_mult": 1.5}},
+    ]
+    return raw
+
+
+def _same_recipe_state(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+               for k in a)
+
+
+def test_resume_keeps_log_barrier_t_and_lagrange_multipliers(tmp_path: Path):
+    """Stopped after epoch 2 and resumed = uninterrupted: weights and constraint state."""
+    cfg = config_from_dict(_constrained_config(epochs=4))
+    train(cfg, tmp_path / "ref", progress=False, log=lambda s: None)
+    train(cfg, tmp_path / "cut", progress=False, log=lambda s: None, stop_after_epoch=2)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    train(cfg, tmp_path / "cut", resume=True, progress=False, log=lambda s: None)
+
+    ref, cut = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(
+        tmp_path / "cut" / "last.pt")
+    assert _same(cut["model"], ref["model"])
+    assert _same_recipe_state(cut["recipe"], ref["recipe"])
+    # the state is not trivial: t grew once per epoch, the multipliers moved
+    schedule = ref["recipe"]["losses.2.objectives.tags._extra_state"]["schedule"]
+    assert schedule["epoch"] == 4 and schedule["t"] == pytest.approx(2.0 * 1.5**4)
+    lam = ref["recipe"]["losses.1.objectives.size.multipliers.lam"]
+    assert lam.shape == (4, 2) and (lam > 0).any()
+    rows = list(csv.DictReader(open(tmp_path / "cut" / "log.csv")))
+    ref_rows = list(csv.DictReader(open(tmp_path / "ref" / "log.csv")))
+    assert {"train_size", "train_size_violated", "train_tags", "train_tags_violated"} <= set(
+        rows[0])
+    assert all(0 <= float(r["train_size_violated"]) <= 1 for r in rows)
+    assert [r["train_total"] for r in rows] == [r["train_total"] for r in ref_rows]
+
+
+def test_trainer_logs_priors_and_says_oracle(tmp_path: Path):
+    logs: list[str] = []
+    cfg = config_from_dict(_constrained_config(epochs=1, priors=["tags", "oracle_bounds"]))
+    train(cfg, tmp_path, progress=False, log=logs.append, stop_after_epoch=1)
+    oracle = [line for line in logs if "oracle_bounds" in line]
+    assert oracle and "reads the ground truth; for ablations only" in oracle[0]
+    assert oracle[0].startswith("ORACLE")
+    logs.clear()
+    cfg = config_from_dict(_constrained_config(epochs=1))
+    train(cfg, tmp_path / "b", progress=False, log=logs.append, stop_after_epoch=1)
+    assert any("bounds_from_tags" in line and "data-set statistic" in line for line in logs)
+    assert not any("ORACLE" in line for line in logs)
+
+
+def test_resume_run_saved_before_data_priors_existed(tmp_path: Path):
+    """A checkpoint whose config lacks a key added later (data.priors) still resumes."""
+    from weakseg.engine.checkpoint import save_atomic
+
+    train(config_from_dict(tiny_config(train__epochs=1)), tmp_path, progress=False,
+          log=lambda s: None)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    del ckpt["config"]["data"]["priors"]
+    save_atomic(ckpt, tmp_path / "last.pt")
+    train(config_from_dict(tiny_config(train__epochs=2)), tmp_path, resume=True,
+          progress=False, log=lambda s: None, stop_after_epoch=2)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2

@@ -5,7 +5,7 @@ mean" suggestion)::
 
     model: {name: unet2d, params: {base_channels: 16}}
     data:  {name: acdc_h5, root: ../shared/data/acdc, annotation: scribble, size: 128,
-            train: "21-90", val: "91-100"}
+            train: "21-90", val: "91-100", priors: []}
     loss:
       - {name: partial_ce, weight: 1.0}
     train: {epochs: 20, batch_size: 8, lr: 0.001, seed: 0}
@@ -56,6 +56,9 @@ class DataConfig:
     unlabelled value), or ``sim:<annotator>`` to simulate one from full masks
     with ``annotation_seed`` (e.g. ``sim:scribble``).
     ``train``/``val``/``test`` select groups (patients) by number, e.g. ``"21-90"``.
+    ``priors``: per-slice priors for constraint losses, computed from the full masks of
+    the training slices (:mod:`weakseg.data.priors`): ``tags``, ``boxes``,
+    ``bounds_from_tags``, ``bounds_from_boxes``, ``oracle_bounds`` (ablations only).
     """
 
     name: str = "phantom"
@@ -68,6 +71,7 @@ class DataConfig:
     train: str | None = None
     val: str | None = None
     test: str | None = None
+    priors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +155,12 @@ def _coerce(section: str, name: str, value: Any, default: Any, annotation: str) 
         if not isinstance(value, dict):
             raise WeaksegError(f"config '{where}' must be a mapping, got {value!r}")
         return dict(value)
+    if annotation.startswith("list[str]"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise WeaksegError(
+                f"config '{where}' must be a list of names, e.g. [a, b], got {value!r}"
+            )
+        return list(value)
     return value
 
 
@@ -201,7 +211,8 @@ def validate(cfg: Config) -> None:
     DATASETS.get(cfg.data.name)
     for term in cfg.loss:
         LOSSES.get(term.name)
-    LossRecipe(cfg.loss)  # builds every term: bad loss parameters fail here, before any data
+    recipe = LossRecipe(cfg.loss)  # builds every term: bad loss parameters fail here
+    _check_loss_inputs(cfg, recipe)
     t = cfg.train
     for name in ("epochs", "batch_size", "val_every"):
         if getattr(t, name) < 1:
@@ -213,6 +224,26 @@ def validate(cfg: Config) -> None:
             f"config 'data.size' must be a multiple of 16 (U-Net down-sampling), "
             f"got {cfg.data.size}"
         )
+
+
+def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:
+    """Every batch entry a loss reads must come from the data (image, target or a prior)."""
+    from weakseg.data.priors import PRIOR_KEYS, check_priors, priors_providing
+
+    check_priors(cfg.data.priors)
+    provided = {"image", "target"} | {PRIOR_KEYS[p] for p in cfg.data.priors}
+    for term, loss in zip(cfg.loss, recipe.losses, strict=True):
+        for key in getattr(loss, "inputs", ("target",)):
+            if key in provided:
+                continue
+            sources = priors_providing(key)
+            if not sources:
+                fix = "no data.priors entry provides it"
+            else:
+                fix = f"add data.priors: [{sources[0]}]"
+                if len(sources) > 1:
+                    fix += f" (or {' / '.join(sources[1:])})"
+            raise WeaksegError(f"loss '{term.name}' needs '{key}' in every batch; {fix}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -3,18 +3,23 @@
 Images are normalised per volume (percentiles 0.5–99.5 → [0, 1]) and resized
 with **linear** interpolation; label maps and weak annotations with **nearest**
 (never the other way round). Slices keep their volume key so that splits stay
-by patient and predictions can be stacked back into volumes.
+by patient and predictions can be stacked back into volumes. Per-slice priors for
+the constraint losses (tags, boxes, size bounds: :mod:`weakseg.data.priors`) are
+computed from the resized full label maps and kept in ``SliceData.extras``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from weakseg.data.base import IGNORE_INDEX, Volume
+from weakseg.data.priors import SPATIAL_EXTRAS, check_priors, compute_priors
 from weakseg.errors import WeaksegError
 
 __all__ = [
@@ -27,6 +32,9 @@ __all__ = [
     "resolve_annotation",
     "volume_to_input",
 ]
+
+#: Per-sample batch entries beside image and target (first dimension: the samples).
+Extras = dict[str, torch.Tensor]
 
 
 def normalize_intensity(image: np.ndarray) -> np.ndarray:
@@ -104,12 +112,16 @@ class SliceData:
         images: ``(N, K, S, S)`` float32.
         targets: ``(N, S, S)`` int64 with ``IGNORE_INDEX`` for unlabelled pixels.
         keys: volume key of each slice; ``index``: slice index in its volume.
+        extras: further per-slice batch entries, first dimension ``N`` (the priors of
+            :mod:`weakseg.data.priors`: ``tags`` ``(N, C)`` bool, ``boxes``
+            ``(N, C, S, S)`` bool, ``bounds`` ``(N, C, 2)`` float, in training pixels).
     """
 
     images: torch.Tensor
     targets: torch.Tensor
     keys: list[str]
     index: list[int]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -127,11 +139,27 @@ def build_slices(
     size: int,
     seed: int = 0,
     annotation_params: dict | None = None,
+    priors: Sequence[str] = (),
 ) -> SliceData:
-    """Slice, normalise and resize ``volumes`` into a :class:`SliceData`."""
+    """Slice, normalise and resize ``volumes`` into a :class:`SliceData`.
+
+    ``priors`` (names of :data:`weakseg.data.priors.PRIORS`) are computed per slice from
+    the full label maps resized (nearest) to ``size``, into ``SliceData.extras``; they
+    need volumes with full label maps.
+    """
     if not volumes:
         raise WeaksegError("no training volumes selected; check data.train and data.root")
-    images, targets, keys, index = [], [], [], []
+    priors = list(priors)
+    check_priors(priors)
+    if priors:
+        unlabelled = [v.key for v in volumes if v.label is None]
+        if unlabelled:
+            raise WeaksegError(
+                f"data.priors {priors} are computed from full label maps, but "
+                f"{len(unlabelled)} training volumes have none (e.g. {unlabelled[0]}); "
+                "remove data.priors or train on volumes with full masks"
+            )
+    images, targets, keys, index, full = [], [], [], [], []
     for vol in volumes:
         target = resolve_annotation(
             vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
@@ -142,7 +170,11 @@ def build_slices(
         targets.append(y)
         keys += [vol.key] * x.shape[0]
         index += list(range(x.shape[0]))
-    data = SliceData(torch.cat(images), torch.cat(targets), keys, index)
+        if priors:
+            label = torch.from_numpy(np.asarray(vol.label, dtype=np.int64))
+            full.append(resize_labels(label, (size, size)).numpy())
+    extras = compute_priors(full, priors, num_classes=num_classes)
+    data = SliceData(torch.cat(images), torch.cat(targets), keys, index, extras)
     if not (data.targets != IGNORE_INDEX).any():
         raise WeaksegError(
             f"annotation '{annotation}' has no labelled pixel in the whole data set "
@@ -151,20 +183,61 @@ def build_slices(
     return data
 
 
+@overload
 def augment_batch(
     images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random 90° rotations and flips per sample (image and target alike), seeded."""
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def augment_batch(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    extras: Extras,
+    *,
+    spatial: Collection[str] = SPATIAL_EXTRAS,
+) -> tuple[torch.Tensor, torch.Tensor, Extras]: ...
+
+
+def augment_batch(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    extras: Extras | None = None,
+    *,
+    spatial: Collection[str] = SPATIAL_EXTRAS,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, Extras]:
+    """Random 90° rotations and flips per sample (image and target alike), seeded.
+
+    With ``extras`` (per-sample batch entries, first dimension the batch), the entries
+    named in ``spatial`` (laid out ``(B, ..., H, W)`` like the image, e.g. box masks) get
+    the same rotation and flip as their image; the others (tags, size bounds) are invariant
+    under rotations and flips and pass unchanged. Returns ``(images, targets)``, or
+    ``(images, targets, extras)`` when ``extras`` is given. The generator is consumed the
+    same way with or without extras.
+    """
     n = images.shape[0]
     rot = torch.randint(0, 4, (n,), generator=generator).tolist()
     flip = torch.randint(0, 2, (n,), generator=generator).tolist()
+    moved = [k for k in (extras or {}) if k in spatial]
     xs, ys = [], []
+    es: dict[str, list[torch.Tensor]] = {k: [] for k in moved}
     for i in range(n):
         x, y = images[i], targets[i]
+        e = {k: extras[k][i] for k in moved} if extras else {}
         if rot[i]:
             x, y = torch.rot90(x, rot[i], (-2, -1)), torch.rot90(y, rot[i], (-2, -1))
+            e = {k: torch.rot90(v, rot[i], (-2, -1)) for k, v in e.items()}
         if flip[i]:
             x, y = x.flip(-1), y.flip(-1)
+            e = {k: v.flip(-1) for k, v in e.items()}
         xs.append(x)
         ys.append(y)
-    return torch.stack(xs), torch.stack(ys)
+        for k, v in e.items():
+            es[k].append(v)
+    if extras is None:
+        return torch.stack(xs), torch.stack(ys)
+    out = dict(extras)
+    out.update({k: torch.stack(v) for k, v in es.items()})
+    return torch.stack(xs), torch.stack(ys), out

@@ -15,6 +15,12 @@
 Determinism: every epoch draws its shuffling, augmentation and dropout from
 generators seeded by ``(train.seed, epoch)``, so a run resumed from the
 checkpoint of epoch *k* continues exactly as the uninterrupted run would.
+
+Constraints: the priors of ``data.priors`` (tags, boxes, size bounds) travel with
+the slices and reach the losses as batch entries; after every epoch the loss recipe
+takes its ``epoch_step()`` (log-barrier ``t``), and its state (``t``, Lagrange
+multipliers) is saved in ``last.pt`` with the weights. Terms that report how many
+of their constraints are violated add ``train_<term>_violated`` to ``log.csv``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from torch import nn
 from weakseg.config import Config, config_from_dict, dump_config
 from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
+from weakseg.data.priors import ORACLE_PRIORS, describe_priors
 from weakseg.data.slices import SliceData, augment_batch, build_slices
 from weakseg.data.splits import select_groups
 from weakseg.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
@@ -158,7 +165,13 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "",
 ) -> dict[str, float]:
-    """One pass over ``data`` (shuffled, drop-last); returns the mean of each loss part."""
+    """One pass over ``data`` (shuffled, drop-last); returns the mean of each loss part.
+
+    The batches carry ``image``, ``target`` and every entry of ``data.extras`` (priors),
+    augmented alike. The mean of every diagnostic in ``recipe.last_stats`` is returned too
+    (e.g. ``size_violated``). Schedules are not advanced here: call ``recipe.epoch_step()``
+    after the epoch.
+    """
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -176,11 +189,14 @@ def train_one_epoch(
         for step in bar:
             idx = order[step * batch_size : (step + 1) * batch_size]
             x, y = data.images[idx], data.targets[idx]
+            extras = {k: v[idx] for k, v in data.extras.items()}
             if augment:
-                x, y = augment_batch(x, y, gen)
+                x, y, extras = augment_batch(x, y, gen, extras)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            batch = {k: v.to(device, non_blocking=True) for k, v in extras.items()}
+            batch.update(image=x, target=y)
             logits = model(x)
-            total, parts = recipe(logits, {"image": x, "target": y})
+            total, parts = recipe(logits, batch)
             if not torch.isfinite(total):
                 raise WeaksegError(
                     f"the loss became {float(total)} at step {step} ({desc}); lower train.lr "
@@ -190,11 +206,11 @@ def train_one_epoch(
             total.backward()
             optimizer.step()
             scheduler.step()
-            parts = {"total": total.detach(), **parts}
+            parts = {"total": total.detach(), **parts, **recipe.last_stats}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if progress:
-                bar.set_postfix(loss=f"{float(total):.4f}")
+                bar.set_postfix(loss=f"{float(parts['total']):.4f}")
     return {k: v / steps for k, v in sums.items()} | {"steps": float(steps)}
 
 
@@ -236,9 +252,12 @@ def _write_log(history: list[dict[str, Any]], path: Path) -> None:
 def _same_config(saved: dict[str, Any], cfg: Config) -> list[str]:
     """Keys whose values differ between a saved config and ``cfg`` (epochs may grow)."""
     now = cfg.to_dict()
+    defaults = Config().to_dict()
     diffs = []
     for section in now:
         a, b = saved.get(section), now[section]
+        if isinstance(a, dict) and isinstance(defaults[section], dict):
+            a = {**defaults[section], **a}  # keys added since the run was saved (data.priors)
         if section == "train" and isinstance(a, dict):
             a = {k: v for k, v in a.items() if k not in ("epochs", "threads", "device")}
             b = {k: v for k, v in b.items() if k not in ("epochs", "threads", "device")}
@@ -278,7 +297,7 @@ def train(
     data = build_slices(
         splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
         size=cfg.data.size, seed=cfg.data.annotation_seed,
-        annotation_params=cfg.data.annotation_params,
+        annotation_params=cfg.data.annotation_params, priors=cfg.data.priors,
     )
     torch.manual_seed(t.seed)  # model initialisation
     model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
@@ -312,6 +331,9 @@ def train(
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
         f"{len(splits.val)} validation volumes, {t.epochs} epochs × {steps} steps, {device}"
     )
+    for name, line in zip(cfg.data.priors, describe_priors(cfg.data.priors, len(data)),
+                          strict=True):
+        log(f"{'ORACLE ' if name in ORACLE_PRIORS else ''}prior {line}")
     writer = _tensorboard(out)
     meta = {
         "format": CHECKPOINT_FORMAT,
@@ -329,6 +351,7 @@ def train(
             max_steps=t.max_steps_per_epoch, device=device, progress=progress,
             desc=f"epoch {epoch + 1}/{t.epochs}",
         )
+        recipe.epoch_step()  # log-barrier t; saved with the recipe state below
         train_s = time.perf_counter() - tic
         n_steps = int(parts.pop("steps"))
         row: dict[str, Any] = {

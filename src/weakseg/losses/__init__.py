@@ -1,13 +1,20 @@
 """Losses: each a function plus an ``nn.Module`` taking logits ``(B, C, *spatial)``.
 
 Registered modules declare the batch entries they consume in ``inputs``
-(``"target"`` = the training annotation, ``"image"`` = the input image), so a
-:class:`~weakseg.losses.recipe.LossRecipe` can combine any of them.
+(``"target"`` = the training annotation, ``"image"`` = the input image; the constraint
+losses ``size``, ``tags`` and ``box`` read ``"bounds"``, ``"tags"`` and ``"boxes"``, which the
+trainer fills from ``data.priors``), so a :class:`~weakseg.losses.recipe.LossRecipe` can
+combine any of them.
 """
 
 from __future__ import annotations
 
 from weakseg.losses.base import LOSSES
+from weakseg.losses.constraints import (
+    BoxConstraintLoss,
+    SizeConstraintLoss,
+    TagConstraintLoss,
+)
 from weakseg.losses.crf import (
     DenseCRFLoss,
     NormalizedCutLoss,
@@ -33,6 +40,7 @@ from weakseg.losses.supervised import CEDiceLoss, ce_dice_loss, soft_dice_loss
 
 __all__ = [
     "LOSSES",
+    "BoxConstraintLoss",
     "CEDiceLoss",
     "DenseCRFLoss",
     "EntropyLoss",
@@ -42,6 +50,8 @@ __all__ = [
     "MutualInformationLoss",
     "NormalizedCutLoss",
     "PartialCrossEntropyLoss",
+    "SizeConstraintLoss",
+    "TagConstraintLoss",
     "ce_dice_loss",
     "dense_crf_loss",
     "entropy_loss",

@@ -51,6 +51,7 @@ from torch import nn
 
 from weakseg.constrain import ConstraintObjective
 from weakseg.errors import WeaksegError
+from weakseg.losses.base import LOSSES
 
 __all__ = [
     "AREA_ACTIVATIONS",
@@ -648,7 +649,12 @@ def area_by_sorting(
 
 
 class _InequalityLoss(nn.Module):
-    """Shared part of the constraint losses: a :class:`ConstraintObjective` per term."""
+    """Shared part of the constraint losses: a :class:`ConstraintObjective` per term.
+
+    After every forward, :attr:`last_stats` holds (detached, no host sync) ``"violated"``,
+    the fraction of the active constraints violated by more than half a pixel (``g`` above
+    ``tol``, image-fraction units), and for several terms also ``"<term>_violated"``.
+    """
 
     def __init__(
         self,
@@ -667,9 +673,11 @@ class _InequalityLoss(nn.Module):
                                       dual_lr=dual_lr, reduction=reduction)
             for name, slots in parts.items()
         })
+        self.last_stats: dict[str, torch.Tensor] = {}
 
-    def _total(self, constraints: dict[str, Constraint]) -> torch.Tensor:
+    def _total(self, constraints: dict[str, Constraint], tol: float = 0.0) -> torch.Tensor:
         values = [self.objectives[name](c.g, c.active) for name, c in constraints.items()]
+        self.last_stats = _violation_stats(constraints, tol)
         return torch.stack(values).sum(0) if values[0].ndim == 0 else values[0]
 
     def epoch_step(self) -> None:
@@ -678,10 +686,30 @@ class _InequalityLoss(nn.Module):
             objective.epoch_step()
 
 
+@torch.no_grad()
+def _violation_stats(constraints: dict[str, Constraint], tol: float) -> dict[str, torch.Tensor]:
+    """Fraction of active constraints with ``g > tol``, overall and per term if several."""
+    counts = {name: (((c.g > tol) & c.active).sum(), c.active.sum())
+              for name, c in constraints.items()}
+    violated = torch.stack([v for v, _ in counts.values()]).sum()
+    active = torch.stack([a for _, a in counts.values()]).sum()
+    stats = {"violated": violated / active.clamp_min(1)}
+    if len(counts) > 1:
+        stats.update({f"{name}_violated": v / a.clamp_min(1) for name, (v, a) in counts.items()})
+    return stats
+
+
+def _half_pixel(logits: torch.Tensor) -> float:
+    """Half a pixel as a fraction of the image: the tolerance of the violation counts."""
+    return 0.5 / _num_pixels(logits)
+
+
 def _slots(num_classes: int | None, *tail: int) -> tuple[int, ...]:
     return () if num_classes is None else (num_classes, *tail)
 
 
+@LOSSES.register("size", help="size bounds a <= V_c <= b per image and class, from data.priors "
+                 "(C3-C5)")
 class SizeConstraintLoss(_InequalityLoss):
     """Size bounds (:func:`size_constraints`) as a loss, with the method selectable.
 
@@ -713,9 +741,10 @@ class SizeConstraintLoss(_InequalityLoss):
 
     def forward(self, logits: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
         constraint = size_constraints(logits, bounds, fraction=self.fraction, check=self.check)
-        return self._total({"size": constraint})
+        return self._total({"size": constraint}, _half_pixel(logits))
 
 
+@LOSSES.register("tags", help="image tags: suppress absent, include present classes (C6)")
 class TagConstraintLoss(_InequalityLoss):
     """Image-tag constraints (:func:`tag_constraints`) as a loss; batch key ``"tags"``.
 
@@ -745,9 +774,10 @@ class TagConstraintLoss(_InequalityLoss):
     def forward(self, logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         constraint = tag_constraints(logits, tags, min_size=self.min_size,
                                      fraction=self.fraction)
-        return self._total({"tags": constraint})
+        return self._total({"tags": constraint}, _half_pixel(logits))
 
 
+@LOSSES.register("box", help="box priors: empty outside, tight inside, box-size bounds (C7)")
 class BoxConstraintLoss(_InequalityLoss):
     """Box priors (:func:`box_constraints`) as a loss: the sum of the objectives of the
     ``outside``, ``tightness`` and ``size`` terms (each with its own state; with the
@@ -784,7 +814,7 @@ class BoxConstraintLoss(_InequalityLoss):
         lo, hi = self.size_fraction
         constraints = box_constraints(logits, boxes, band_width=self.band_width,
                                       size_fraction=(lo, hi))
-        return self._total(constraints)
+        return self._total(constraints, _half_pixel(logits))
 
 
 class CentroidConstraintLoss(_InequalityLoss):
@@ -815,7 +845,7 @@ class CentroidConstraintLoss(_InequalityLoss):
     def forward(self, logits: torch.Tensor, centroid_bounds: torch.Tensor) -> torch.Tensor:
         constraint = centroid_constraints(logits, centroid_bounds, fraction=self.fraction,
                                           check=self.check)
-        return self._total({"centroid": constraint})
+        return self._total({"centroid": constraint}, 0.5 / max(logits.shape[2:]))
 
 
 class SizeEqualityLoss(nn.Module):

@@ -1,7 +1,11 @@
 """A loss recipe: named terms with weights, given as data (config), not code.
 
 ``recipe(logits, batch)`` returns ``(total, parts)`` where ``parts`` holds each
-term's unweighted value (detached), so logs never recompute a term.
+term's unweighted value (detached), so logs never recompute a term. Terms with state
+that changes once per epoch (the log-barrier ``t`` of the constraint losses) advance with
+:meth:`LossRecipe.epoch_step`; all state is in ``state_dict()`` (checkpointed). Terms that
+expose diagnostics (``last_stats``, e.g. the fraction of violated constraints) are gathered
+in :attr:`LossRecipe.last_stats` after every call.
 """
 
 from __future__ import annotations
@@ -66,12 +70,16 @@ class LossRecipe(nn.Module):
                 k += 1
             names.append(name)
         self.names = names
+        #: Diagnostics of the last call, detached: ``"<term>_<stat>"`` for every term with a
+        #: ``last_stats`` dict (e.g. ``size_violated``); not part of the loss.
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     def forward(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = logits.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] = {}
         for name, term, loss in zip(self.names, self.terms, self.losses, strict=True):
             inputs = getattr(loss, "inputs", ("target",))
             missing = [k for k in inputs if k not in batch]
@@ -79,9 +87,23 @@ class LossRecipe(nn.Module):
                 raise WeaksegError(f"loss '{term.name}' needs batch entries {missing}")
             value = loss(logits, **{k: batch[k] for k in inputs})
             parts[name] = value.detach()
+            for key, stat in (getattr(loss, "last_stats", None) or {}).items():
+                stats[f"{name}_{key}"] = stat.detach()
             if term.weight != 0:
                 total = total + term.weight * value
+        self.last_stats = stats
         return total, parts
+
+    def epoch_step(self) -> None:
+        """End of an epoch: call ``epoch_step()`` on every term that has one.
+
+        The constraint losses grow their log-barrier ``t`` here (Lagrange multipliers move
+        at every training step instead). Call it once per epoch, after the epoch's steps.
+        """
+        for loss in self.losses:
+            step = getattr(loss, "epoch_step", None)
+            if callable(step):
+                step()
 
 
 def _build(registry: Any, term: LossTerm) -> nn.Module:

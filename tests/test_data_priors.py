@@ -1,0 +1,129 @@
+"""Per-slice priors (data.priors): values in training pixels, errors, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from weakseg.data import DATASETS
+from weakseg.data.base import Volume
+from weakseg.data.priors import PRIORS, check_priors, describe_priors
+from weakseg.data.slices import augment_batch, build_slices, resize_labels
+from weakseg.errors import WeaksegError
+
+C = 4
+
+
+@pytest.fixture(scope="module")
+def volumes() -> list[Volume]:
+    return DATASETS.build("phantom", num_volumes=2, size=48, slices=3, seed=0).volumes
+
+
+def _resized(volumes: list[Volume], size: int) -> np.ndarray:
+    return np.concatenate([resize_labels(torch.from_numpy(v.label.astype(np.int64)),
+                                         (size, size)).numpy() for v in volumes])
+
+
+def _build(volumes: list[Volume], priors: list[str]):
+    return build_slices(volumes, annotation="sim:points", num_classes=C, size=32, priors=priors)
+
+
+def test_no_priors_no_extras(volumes):
+    assert _build(volumes, []).extras == {}
+
+
+def test_tags_boxes_and_bounds_from_tags_in_training_pixels(volumes):
+    data = _build(volumes, ["tags", "boxes", "bounds_from_tags"])
+    labels = _resized(volumes, 32)                                     # (N, 32, 32)
+    n = labels.shape[0]
+    assert set(data.extras) == {"tags", "boxes", "bounds"}
+    tags, boxes, bounds = data.extras["tags"], data.extras["boxes"], data.extras["bounds"]
+    assert tags.shape == (n, C) and tags.dtype == torch.bool
+    assert boxes.shape == (n, C, 32, 32) and boxes.dtype == torch.bool
+    assert bounds.shape == (n, C, 2) and bounds.dtype == torch.float32
+    sizes = np.stack([(labels == c).sum((1, 2)) for c in range(C)], 1)   # (N, C)
+    assert np.array_equal(tags.numpy(), sizes > 0)
+    # boxes: none for the background, the tight box of each present foreground class
+    assert not boxes[:, 0].any()
+    for i in range(n):
+        for c in range(1, C):
+            mask = labels[i] == c
+            box = boxes[i, c].numpy()
+            if not mask.any():
+                assert not box.any()
+                continue
+            ys, xs = np.nonzero(mask)
+            tight = np.zeros_like(mask)
+            tight[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+            assert np.array_equal(box, tight)
+    # bounds from tags: (min, max) size over all training slices where present, (0, 0) absent
+    for c in range(C):
+        present = sizes[:, c] > 0
+        expected = [sizes[present, c].min(), sizes[present, c].max()]
+        assert bounds[present, c].tolist() == [expected] * int(present.sum())
+        assert (bounds[~present, c] == 0).all()
+
+
+def test_bounds_from_boxes_and_oracle_bounds(volumes):
+    labels = _resized(volumes, 32)
+    sizes = np.stack([(labels == c).sum((1, 2)) for c in range(C)], 1)
+    boxes = _build(volumes, ["boxes"]).extras["boxes"]
+    bounds = _build(volumes, ["bounds_from_boxes"]).extras["bounds"]
+    area = boxes.sum((2, 3)).float()
+    assert torch.equal(bounds[:, 1:, 0], 0.5 * area[:, 1:])
+    assert torch.allclose(bounds[:, 1:, 1], 0.9 * area[:, 1:])
+    assert (bounds[:, 0, 0] == 0).all() and torch.isinf(bounds[:, 0, 1]).all()
+    oracle = _build(volumes, ["oracle_bounds"]).extras["bounds"].numpy()
+    assert np.allclose(oracle, np.stack([0.9 * sizes, 1.1 * sizes], -1))
+
+
+@pytest.mark.parametrize(
+    "priors, match",
+    [
+        (["tag"], "unknown prior 'tag'.*did you mean 'tags'"),
+        (["bounds_from_tags", "oracle_bounds"], "'bounds_from_tags' and 'oracle_bounds'"),
+        (["tags", "tags"], "'tags' is listed twice"),
+    ],
+)
+def test_bad_priors(priors, match):
+    with pytest.raises(WeaksegError, match=match) as info:
+        check_priors(priors)
+    assert "\n" not in str(info.value)
+
+
+def test_priors_need_full_label_maps(volumes):
+    vol = volumes[0]
+    weak = Volume(vol.key, vol.group, vol.image, annotations=dict(vol.annotations))
+    build_slices([weak], annotation="scribble", num_classes=C, size=32)   # fine without priors
+    with pytest.raises(WeaksegError, match="computed from full label maps.*phantom_000"):
+        build_slices([weak], annotation="scribble", num_classes=C, size=32, priors=["tags"])
+
+
+def test_describe_priors_names_the_oracle_and_the_statistic():
+    lines = describe_priors(list(PRIORS[:3]) + ["oracle_bounds"], num_slices=12)
+    assert any("data-set statistic" in line and "12 training slices" in line for line in lines)
+    assert "oracle_bounds: reads the ground truth; for ablations only" in lines[-1]
+
+
+def test_augment_moves_boxes_with_the_image_and_keeps_the_draws():
+    gen = torch.Generator().manual_seed(0)
+    n, size = 16, 12
+    boxes = torch.zeros(n, 2, size, size, dtype=torch.bool)
+    for i in range(n):
+        y0, x0 = torch.randint(0, size - 4, (2,), generator=gen).tolist()
+        boxes[i, 1, y0 : y0 + 2 + i % 3, x0 : x0 + 4] = True
+    ramp = torch.arange(size * size).view(size, size) / (2.0 * size * size)  # < 0.5, no symmetry
+    images = boxes[:, 1:].float() + ramp
+    targets = boxes[:, 1].long()
+    tags = boxes.flatten(2).any(-1)
+    bounds = torch.rand(n, 2, 2, generator=gen)
+    extras = {"boxes": boxes, "tags": tags, "bounds": bounds}
+    x0, y0 = augment_batch(images, targets, torch.Generator().manual_seed(3))
+    x, y, out = augment_batch(images, targets, torch.Generator().manual_seed(3), extras)
+    assert torch.equal(x, x0) and torch.equal(y, y0)          # same draws as without extras
+    assert not torch.equal(x, images)                          # something did rotate/flip
+    assert torch.equal(out["boxes"][:, 1], x[:, 0] >= 1)       # the box follows its image
+    assert torch.equal(out["boxes"][:, 1].long(), y)
+    assert out["tags"] is tags and out["bounds"] is bounds     # invariant under rot90/flip
+    assert extras["boxes"] is boxes                            # the input dict is not modified
