@@ -18,7 +18,13 @@ _COLORS = np.array(
 )
 
 
-def _overlay(image: np.ndarray, labels: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+_BACKGROUND_MARK = np.array([1.0, 0.85, 0.1])  # labelled background in weak annotations
+
+
+def _overlay(
+    image: np.ndarray, labels: np.ndarray | None, alpha: float = 0.45,
+    show_background: bool = False,
+) -> np.ndarray:
     img = image.astype(np.float32)
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
     rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img[..., :3]
@@ -28,6 +34,8 @@ def _overlay(image: np.ndarray, labels: np.ndarray | None, alpha: float = 0.45) 
     mask = labels > 0
     colors = _COLORS[np.clip(labels, 0, len(_COLORS) - 1) % len(_COLORS)]
     out[mask] = (1 - alpha) * rgb[mask] + alpha * colors[mask]
+    if show_background:
+        out[labels == 0] = _BACKGROUND_MARK
     return out
 
 
@@ -38,6 +46,7 @@ def plot_overlays(
     *,
     row_titles: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
+    weak_columns: Sequence[str] = (),
 ) -> Path:
     """A grid: one row per slice, first column the image, then one column per label map.
 
@@ -45,6 +54,8 @@ def plot_overlays(
         images: 2D slices ``(H, W)`` (or ``(H, W, 3)``).
         columns: title → one label map per slice (``None`` shows the bare image);
             unlabelled pixels (negative values) are left uncoloured.
+        weak_columns: titles of weak annotations, whose labelled background pixels
+            are drawn too (in yellow).
     """
     import matplotlib
 
@@ -60,7 +71,7 @@ def plot_overlays(
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
         for j, (title, maps) in enumerate(columns.items(), start=1):
-            axes[i, j].imshow(_overlay(image, maps[i]))
+            axes[i, j].imshow(_overlay(image, maps[i], show_background=title in weak_columns))
             axes[i, j].set_title(title if i == 0 else "", fontsize=9)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -68,6 +79,8 @@ def plot_overlays(
     if class_names:
         handles = [Patch(color=_COLORS[k % len(_COLORS)], label=name)
                    for k, name in enumerate(class_names) if k > 0]
+        if weak_columns:
+            handles.append(Patch(color=_BACKGROUND_MARK, label=f"{class_names[0]} (weak)"))
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     fig.tight_layout(rect=(0, 0.04 if class_names else 0, 1, 1))
     path = Path(path)
@@ -143,7 +156,8 @@ def plot_volume_overlays(
             columns["ground truth"].append(None if vol.label is None else vol.label[z])
         for name, preds in predictions.items():
             columns[name].append(preds[i][z])
-    return plot_overlays(path, images, columns, row_titles=rows, class_names=class_names)
+    return plot_overlays(path, images, columns, row_titles=rows, class_names=class_names,
+                         weak_columns=[annotation] if annotation else [])
 
 
 def _most_labelled_slice(vol: Volume) -> int:
