@@ -43,14 +43,24 @@ def disc_phantom(
     return image, logits + torch.randn(logits.shape, generator=gen)
 
 
-@pytest.fixture
-def acdc_root() -> Path:
-    root = SHARED_DATA / "acdc"
+def shared_data(name: str) -> Path:
+    """``../shared/data/<name>``: skip where it is absent (a user's machine), fail in CI."""
+    root = SHARED_DATA / name
     if not root.is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"CI must have the real data at {root}")
-        pytest.skip(f"real ACDC data not found at {root} (set WEAKSEG_SHARED_DATA)")
+        pytest.skip(f"real {name} data not found at {root} (set WEAKSEG_SHARED_DATA)")
     return root
+
+
+@pytest.fixture
+def acdc_root() -> Path:
+    return shared_data("acdc")
+
+
+@pytest.fixture
+def monuseg_root() -> Path:
+    return shared_data("monuseg")
 
 
 def tiny_config(**overrides: object) -> dict:

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SHARED_DATA
 from weakseg.data.base import DATASETS, IGNORE_INDEX
 from weakseg.data.monuseg import load_monuseg, read_monuseg_tile
 from weakseg.errors import WeaksegError
 from weakseg.metrics.instances import aggregated_jaccard_index, instances_from_semantic
-
-
-@pytest.fixture
-def monuseg_root() -> Path:
-    root = SHARED_DATA / "monuseg"
-    if not root.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have the real data at {root}")
-        pytest.skip(f"real MoNuSeg data not found at {root} (set WEAKSEG_SHARED_DATA)")
-    return root
-
 
 # --------------------------------------------------------------------------- synthetic folder
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from weakseg.annotate.points import _is_int, _label_volume
+from weakseg.annotate.base import check_label_map, is_int
 from weakseg.errors import WeaksegError
 
 __all__ = [
@@ -87,12 +87,12 @@ def boxes_from_mask(
         all ``-1`` where the class is absent from the slice.
     """
     where = "boxes_from_mask"
-    labels, squeeze = _label_volume(label, num_classes, where)
-    if not _is_int(margin) or margin < 0:
+    labels, squeeze = check_label_map(label, num_classes, where)
+    if not is_int(margin) or margin < 0:
         raise WeaksegError(f"{where}: margin must be an integer >= 0, got {margin!r}")
-    if not _is_int(jitter) or jitter < 0:
+    if not is_int(jitter) or jitter < 0:
         raise WeaksegError(f"{where}: jitter must be an integer >= 0, got {jitter!r}")
-    if jitter > 0 and (not _is_int(seed) or seed < 0):  # type: ignore[operator]
+    if jitter > 0 and (not is_int(seed) or seed < 0):  # type: ignore[operator]
         raise WeaksegError(
             f"{where}: jitter > 0 needs a non-negative integer seed, got seed={seed!r}"
         )
@@ -181,7 +181,7 @@ def extreme_points(label: np.ndarray, *, num_classes: int) -> np.ndarray:
         ``[top, bottom, left, right]`` the ``(y, x)`` of the pixel, ``-1`` where
         the class is absent from the slice.
     """
-    labels, squeeze = _label_volume(label, num_classes, "extreme_points")
+    labels, squeeze = check_label_map(label, num_classes, "extreme_points")
     z = labels.shape[0]
     zi = np.arange(z)
     out = np.full((z, num_classes, 4, 2), -1, dtype=np.int64)
@@ -222,7 +222,7 @@ def tags_from_mask(label: np.ndarray, *, num_classes: int, per: str = "slice") -
     where = "tags_from_mask"
     if per not in ("slice", "volume"):
         raise WeaksegError(f"{where}: per must be 'slice' or 'volume', got {per!r}")
-    labels, squeeze = _label_volume(label, num_classes, where)
+    labels, squeeze = check_label_map(label, num_classes, where)
     tags = _slice_sizes(labels, num_classes) > 0
     if per == "volume":
         return tags.any(axis=0)
@@ -258,12 +258,12 @@ def size_stats(
     items = [labels] if isinstance(labels, np.ndarray) else list(labels)
     if not items:
         raise WeaksegError(f"{where}: no label maps given; pass a labelled training set")
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise WeaksegError(f"{where}: num_classes must be an integer >= 1, got {num_classes!r}")
     lo = np.full(num_classes, np.inf)
     hi = np.zeros(num_classes)
     for i, item in enumerate(items):
-        vol, _ = _label_volume(item, num_classes, f"{where} (label map {i})")
+        vol, _ = check_label_map(item, num_classes, f"{where} (label map {i})")
         sizes = _slice_sizes(vol, num_classes).astype(np.float64)
         lo = np.minimum(lo, np.where(sizes > 0, sizes, np.inf).min(axis=0))
         hi = np.maximum(hi, sizes.max(axis=0))
@@ -362,7 +362,7 @@ def oracle_size_bounds(label: np.ndarray, *, num_classes: int, margin: float = 0
         float64 ``(Z, C, 2)`` (``(C, 2)`` for a 2D label) with ``0 <= a <= b``.
     """
     where = "oracle_size_bounds"
-    labels, squeeze = _label_volume(label, num_classes, where)
+    labels, squeeze = check_label_map(label, num_classes, where)
     if isinstance(margin, bool) or not isinstance(margin, (int, float, np.number)) or not (
         0.0 <= float(margin) <= 1.0
     ):

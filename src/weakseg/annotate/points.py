@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from weakseg.annotate.base import ANNOTATORS
+from weakseg.annotate.base import ANNOTATORS, check_label_map, check_seed, is_int
 from weakseg.data.base import IGNORE_INDEX
 from weakseg.errors import WeaksegError
 
@@ -38,46 +38,10 @@ _PLACEMENTS = ("uniform", "centroid")
 # --------------------------------------------------------------------------- validation
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _label_volume(label: np.ndarray, num_classes: int, where: str) -> tuple[np.ndarray, bool]:
-    """Check a full label map; return it as int64 ``(Z, H, W)`` and whether it was 2D."""
-    arr = np.asarray(label)
-    if arr.ndim not in (2, 3):
-        raise WeaksegError(
-            f"{where}: label has shape {tuple(arr.shape)}; expected (H, W) or (Z, H, W)"
-        )
-    if arr.size == 0:
-        raise WeaksegError(f"{where}: label is empty (shape {tuple(arr.shape)})")
-    if arr.dtype.kind not in "biuf":
-        raise WeaksegError(f"{where}: label has dtype {arr.dtype}; expected integer class indices")
-    if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
-        raise WeaksegError(f"{where}: label has non-integer values; expected class indices")
-    if not _is_int(num_classes) or num_classes < 1:
-        raise WeaksegError(f"{where}: num_classes must be an integer >= 1, got {num_classes!r}")
-    labels = arr.astype(np.int64)
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        bad = lo if lo < 0 else hi
-        raise WeaksegError(
-            f"{where}: label has value {bad} outside 0..{num_classes - 1}; pass a full label map "
-            f"(no unlabelled value) and the right num_classes"
-        )
-    squeeze = labels.ndim == 2
-    return (labels[None] if squeeze else labels), squeeze
-
-
-def _check_seed(seed: object, where: str) -> None:
-    if not _is_int(seed) or int(seed) < 0:  # type: ignore[call-overload]
-        raise WeaksegError(f"{where}: seed must be a non-negative integer, got {seed!r}")
-
-
 def _check_classes(classes: Sequence[int] | None, num_classes: int, where: str) -> None:
     if classes is None:
         return
-    bad = [c for c in classes if not _is_int(c) or not 0 <= int(c) < num_classes]
+    bad = [c for c in classes if not is_int(c) or not 0 <= int(c) < num_classes]
     if bad:
         raise WeaksegError(
             f"{where}: classes {bad} are outside 0..{num_classes - 1}; list classes by index"
@@ -266,16 +230,16 @@ def simulate_points(
         :data:`~weakseg.data.base.IGNORE_INDEX` elsewhere.
     """
     where = "point simulation"
-    labels, squeeze = _label_volume(label, num_classes, where)
-    _check_seed(seed, where)
+    labels, squeeze = check_label_map(label, num_classes, where)
+    check_seed(seed, where)
     _check_classes(classes, num_classes, where)
-    if not _is_int(points_per_structure) or points_per_structure < 1:
+    if not is_int(points_per_structure) or points_per_structure < 1:
         raise WeaksegError(
             f"{where}: points_per_structure must be an integer >= 1, got {points_per_structure!r}"
         )
     if background_points is None:
         background_points = points_per_structure
-    if not _is_int(background_points) or background_points < 0:
+    if not is_int(background_points) or background_points < 0:
         raise WeaksegError(
             f"{where}: background_points must be an integer >= 0, got {background_points!r}"
         )
@@ -283,7 +247,7 @@ def simulate_points(
         raise WeaksegError(
             f"{where}: placement must be one of {', '.join(_PLACEMENTS)}, got {placement!r}"
         )
-    if not _is_int(radius) or radius < 0:
+    if not is_int(radius) or radius < 0:
         raise WeaksegError(f"{where}: radius must be an integer >= 0, got {radius!r}")
     if isinstance(jitter, bool) or not isinstance(jitter, (int, float, np.number)) or not (
         np.isfinite(jitter) and jitter >= 0
@@ -382,10 +346,10 @@ def simulate_eroded_blobs(
         :data:`~weakseg.data.base.IGNORE_INDEX` elsewhere.
     """
     where = "eroded-blob simulation"
-    labels, squeeze = _label_volume(label, num_classes, where)
-    _check_seed(seed, where)
+    labels, squeeze = check_label_map(label, num_classes, where)
+    check_seed(seed, where)
     _check_classes(classes, num_classes, where)
-    if iterations is not None and (not _is_int(iterations) or iterations < 0):
+    if iterations is not None and (not is_int(iterations) or iterations < 0):
         raise WeaksegError(f"{where}: iterations must be an integer >= 0 or None, got "
                            f"{iterations!r}")
     if isinstance(erosion_fraction, bool) or not isinstance(

@@ -15,7 +15,7 @@ from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from weakseg.annotate.base import ANNOTATORS
+from weakseg.annotate.base import ANNOTATORS, check_label_map
 from weakseg.data.base import IGNORE_INDEX
 from weakseg.errors import WeaksegError
 
@@ -113,32 +113,8 @@ def _check_inputs(
 ) -> np.ndarray:
     """Validate the arguments of :func:`simulate_scribbles`; return ``label`` as int64."""
     where = "scribble simulation"
-    arr = np.asarray(label)
-    if arr.ndim not in (2, 3):
-        raise WeaksegError(
-            f"{where}: label has shape {tuple(arr.shape)}; expected (H, W) or (Z, H, W)"
-        )
-    if arr.size == 0:
-        raise WeaksegError(f"{where}: label is empty (shape {tuple(arr.shape)})")
-    if arr.dtype.kind not in "biuf":
-        raise WeaksegError(f"{where}: label has dtype {arr.dtype}; expected integer class indices")
-    if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
-        raise WeaksegError(f"{where}: label has non-integer values; expected class indices")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise WeaksegError(f"{where}: num_classes must be an integer, got {num_classes!r}")
-    if num_classes < 1:
-        raise WeaksegError(f"{where}: num_classes must be >= 1, got {num_classes}")
-    labels = arr.astype(np.int64)
-    if labels.min() < 0:
-        raise WeaksegError(
-            f"{where}: label has negative values (min {int(labels.min())}); "
-            f"expected a full label map with classes 0..{num_classes - 1}"
-        )
-    if labels.max() >= num_classes:
-        raise WeaksegError(
-            f"{where}: label has value {int(labels.max())} but num_classes is {num_classes}; "
-            f"expected classes 0..{num_classes - 1}"
-        )
+    labels, squeeze = check_label_map(label, num_classes, where)
+    labels = labels[0] if squeeze else labels
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise WeaksegError(f"{where}: seed must be a non-negative integer, got {seed!r}")
     if classes is not None:
