@@ -86,6 +86,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from weakseg.filtering.features import check_values_features
+
 __all__ = ["dense_gaussian_permutohedral"]
 
 # Largest value an int64 key code may take (kept below 2**63 with margin).
@@ -386,27 +388,13 @@ def dense_gaussian_permutohedral(
         ``(B, C, *spatial)`` estimate of the unnormalised Gaussian sum (self pair included),
         in the dtype of ``values``.
     """
-    if values.dim() < 3 or values.dim() > 5:
-        raise ValueError(
-            f"values must be (B, C, *spatial) with 1-3 spatial dims, got {tuple(values.shape)}"
-        )
-    if features.dim() != values.dim():
-        raise ValueError(
-            f"features {tuple(features.shape)} and values {tuple(values.shape)} differ in rank"
-        )
-    if features.shape[0] != values.shape[0] or features.shape[2:] != values.shape[2:]:
-        raise ValueError(
-            f"features {tuple(features.shape)} and values {tuple(values.shape)} must share "
-            "batch and spatial sizes"
-        )
-    if features.shape[1] < 1:
-        raise ValueError("features need at least one channel")
+    if not values.is_floating_point():
+        raise TypeError("values must be a floating point tensor")
+    check_values_features(values, features)
     if not scale > 0.5:
         raise ValueError(f"scale must be > 0.5, got {scale}")
     if n_lattices < 1:
         raise ValueError(f"n_lattices must be >= 1, got {n_lattices}")
-    if not values.is_floating_point():
-        raise TypeError("values must be a floating point tensor")
 
     bsz, nch = values.shape[:2]
     spatial = values.shape[2:]

@@ -51,6 +51,7 @@ from torch import nn
 
 from weakseg.constrain import ConstraintObjective
 from weakseg.errors import WeaksegError
+from weakseg.losses._utils import check_reduction
 from weakseg.losses.base import LOSSES
 
 __all__ = [
@@ -75,7 +76,6 @@ __all__ = [
 
 AREA_ACTIVATIONS = ("softmax", "sigmoid", "none")
 EQUALITY_KINDS = ("l2", "kl")
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 class Constraint(NamedTuple):
@@ -97,11 +97,6 @@ def _check_logits(logits: torch.Tensor) -> None:
         )
     if not logits.dtype.is_floating_point:
         raise ValueError(f"logits must be a floating-point tensor, got {logits.dtype}")
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got '{reduction}'")
 
 
 def _spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -529,7 +524,7 @@ def size_equality_l2(
         tensor(0.1250)
     """
     _check_logits(logits)
-    _check_reduction(reduction)
+    check_reduction(reduction)
     target = _as_tensor(target_sizes, logits, tuple(logits.shape[:2]), "target sizes", "(B, C)")
     total = 1.0 if fraction else float(_num_pixels(logits))
     per_class = ((soft_size(logits, fraction=fraction) - target) / total).square()
@@ -573,7 +568,7 @@ def size_equality_kl(
         tensor(1.3863)
     """
     _check_logits(logits)
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if not 0 < eps < 0.5:
         raise ValueError(f"eps must be in (0, 0.5), got {eps}")
     q = _as_tensor(q, logits, tuple(logits.shape[:2]), "class proportions q", "(B, C)")
@@ -626,7 +621,7 @@ def area_by_sorting(
         tensor(0.)
     """
     _check_logits(logits)
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if activation not in AREA_ACTIVATIONS:
         raise ValueError(f"activation must be one of {AREA_ACTIVATIONS}, got '{activation}'")
     area = _as_tensor(area_fraction, logits, tuple(logits.shape[:2]), "area_fraction", "(B, C)")
@@ -860,7 +855,7 @@ class SizeEqualityLoss(nn.Module):
         super().__init__()
         if kind not in EQUALITY_KINDS:
             raise ValueError(f"kind must be one of {EQUALITY_KINDS}, got '{kind}'")
-        _check_reduction(reduction)
+        check_reduction(reduction)
         self.kind = kind
         self.fraction = fraction
         self.eps = eps
@@ -885,7 +880,7 @@ class AreaBySortingLoss(nn.Module):
         super().__init__()
         if activation not in AREA_ACTIVATIONS:
             raise ValueError(f"activation must be one of {AREA_ACTIVATIONS}, got '{activation}'")
-        _check_reduction(reduction)
+        check_reduction(reduction)
         self.register_buffer("area_fraction", torch.as_tensor(area_fraction, dtype=torch.float))
         self.activation = activation
         self.reduction = reduction
