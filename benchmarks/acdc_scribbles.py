@@ -29,10 +29,12 @@ DOC = REPO / "docs" / "benchmarks" / "acdc_scribbles.md"
 CLASSES = ["RV", "Myo", "LV"]
 
 
-def run(names: list[str], threads: int) -> None:
+def run(names: list[str], threads: int, *, prefix: str = "acdc_",
+        results: Path = RESULTS) -> None:
+    """Train ``configs/<prefix><name>.yaml`` into ``results/<name>`` for each name (resumable)."""
     for name in names:
-        cfg = REPO / "configs" / f"acdc_{name}.yaml"
-        out = RESULTS / name
+        cfg = REPO / "configs" / f"{prefix}{name}.yaml"
+        out = results / name
         if (out / "summary.json").exists():
             print(f"{name}: done already")
             continue

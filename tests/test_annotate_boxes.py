@@ -152,3 +152,19 @@ def test_bad_inputs() -> None:
         size_bounds_from_tags(np.ones((2, 3), bool), np.zeros((4, 2)))
     with pytest.raises(WeaksegError, match="margin"):
         oracle_size_bounds(label, num_classes=3, margin=-0.1)
+
+
+def test_outside_boxes_annotator() -> None:
+    from weakseg.annotate import ANNOTATORS
+    from weakseg.data.base import IGNORE_INDEX
+
+    lab = volume()
+    out = ANNOTATORS.get("outside_boxes")(lab, num_classes=3, seed=0)
+    inside = box_masks(boxes_from_mask(lab, num_classes=3)[:, 1:], lab.shape[-2:]).any(1)
+    assert out.shape == lab.shape and out.dtype == np.int64
+    assert (out[inside] == IGNORE_INDEX).all() and (out[~inside] == 0).all()
+    assert (lab[out == 0] == 0).all()            # only true background is labelled
+    assert (out[2] == 0).all()                   # no structure: background everywhere
+    wider = ANNOTATORS.get("outside_boxes")(lab, num_classes=3, seed=0, margin=2)
+    assert (wider == IGNORE_INDEX).sum() > (out == IGNORE_INDEX).sum()
+    assert np.array_equal(ANNOTATORS.get("outside_boxes")(lab[0], num_classes=3, seed=0), out[0])

@@ -50,6 +50,13 @@ def test_overrides_types_and_lists():
         ({"loss": [{"name": "box"}], "data": {"priors": ["tags"]}},
          "needs 'boxes'.*data.priors: \\[boxes\\]"),
         ({"loss": [{"name": "size", "params": {"method": "barrier"}}]}, "loss 'size'.*method"),
+        ({"data": {"crop": 100}}, "data.crop' must be a multiple of 16"),
+        ({"data": {"crop": 256, "size": 128}}, "data.crop' must be a multiple of 16"),
+        ({"data": {"crop": 64, "priors": ["bounds_from_tags"]}},
+         "does not keep.*fixed fraction bounds"),
+        ({"train": {"steps_per_epoch": 0}}, "train.steps_per_epoch' must be ≥ 1"),
+        ({"loss": [{"name": "size", "params": {"bounds": [[0.5, 0.1], [0, 1]]}}]},
+         "size loss bounds.*lower > upper"),
     ],
 )
 def test_config_errors_are_one_line(raw, match):

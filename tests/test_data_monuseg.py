@@ -172,3 +172,39 @@ def test_instances_from_semantic() -> None:
     assert stack.max() == 6 and stack.shape == (2, 4, 4)
     with pytest.raises(WeaksegError, match="connectivity"):
         instances_from_semantic(mask, connectivity=6)
+
+
+def test_split_membership_selects_tiles(tmp_path: Path) -> None:
+    from weakseg.data.splits import select_groups
+
+    vols = load_monuseg(root=_fake(tmp_path / "s")).volumes
+    assert [v.key for v in select_groups(vols, "split:val")] == ["Organ_b"]
+    assert [v.key for v in select_groups(vols, "split:train")] == ["Organ_a"]
+    with pytest.raises(WeaksegError, match="unknown split 'test'"):
+        select_groups(vols, "split:test")
+
+
+def test_voronoi_point_labels_hand_case() -> None:
+    from weakseg.data.base import IGNORE_INDEX
+    from weakseg.data.monuseg import voronoi_point_labels
+
+    pts = np.zeros((5, 9), dtype=bool)
+    pts[2, 1] = pts[2, 7] = True
+    out = voronoi_point_labels(pts, radius=1)
+    assert out[2, 1] == 1 and out[1, 1] == 1 and out[2, 2] == 1 and out[1, 2] == IGNORE_INDEX
+    background_columns = {x for x in range(9) if (out[:, x] == 0).all()}
+    assert background_columns in ({3, 4}, {4, 5})        # the bisector x=4, two pixels wide
+    assert (out == 0).sum() == 2 * 5
+    assert (out[0, 0] == IGNORE_INDEX) and (out[0, 8] == IGNORE_INDEX)
+    assert (voronoi_point_labels(np.zeros((4, 4), bool)) == IGNORE_INDEX).all()
+    with pytest.raises(WeaksegError, match="radius"):
+        voronoi_point_labels(pts, radius=-1)
+
+
+def test_real_voronoi_labels_mostly_right(monuseg_root: Path) -> None:
+    vols = [v for v in load_monuseg(root=monuseg_root, split="train").volumes][:2]
+    for v in vols:
+        ann, lab = v.annotations["points_voronoi"], v.label
+        bg, fg = ann == 0, ann == 1
+        assert bg.sum() > 1000 and fg.sum() > 100
+        assert (lab[bg] == 0).mean() > 0.75 and (lab[fg] == 1).mean() > 0.85

@@ -127,3 +127,11 @@ def test_augment_moves_boxes_with_the_image_and_keeps_the_draws():
     assert torch.equal(out["boxes"][:, 1].long(), y)
     assert out["tags"] is tags and out["bounds"] is bounds     # invariant under rot90/flip
     assert extras["boxes"] is boxes                            # the input dict is not modified
+
+
+def test_annotation_none_trains_from_priors_alone(volumes):
+    data = build_slices(volumes, annotation="none", num_classes=C, size=32,
+                        priors=["tags", "bounds_from_tags"])
+    assert data.labelled_fraction == 0.0 and set(data.extras) == {"tags", "bounds"}
+    with pytest.raises(WeaksegError, match="nothing to learn from"):
+        build_slices(volumes, annotation="none", num_classes=C, size=32)

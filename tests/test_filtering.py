@@ -223,7 +223,8 @@ def test_grid_errors():
 def test_resolve_backend():
     assert resolve_backend("auto", 256, 3) == "exact"
     assert resolve_backend("auto", 1024, 3) == "grid"
-    assert resolve_backend("auto", 1025, 5) == "grid"
+    assert resolve_backend("auto", 1025, 5, spatial=3) == "grid"      # 3D, 2 channels
+    assert resolve_backend("auto", 1025, 5, spatial=2) == "permutohedral"  # 2D RGB
     assert resolve_backend("auto", 4096, 6) == "permutohedral"
     assert resolve_backend("grid", 4, 3) == "grid"
     assert set(BACKENDS) == {"auto", "exact", "grid", "permutohedral"}

@@ -242,6 +242,20 @@ def test_box_size_bounds_and_errors():
         box_constraints(logits, boxes.float())
 
 
+def test_box_size_fraction_per_class():
+    shape = (1, 3, 8, 8)
+    boxes = _box_mask(shape, 1, [(0, 4), (0, 5)]) | _box_mask(shape, 2, [(4, 8), (0, 8)])
+    logits = _logits(shape, 5)
+    g = box_constraints(logits, boxes, size_fraction=[(0, 1), (0.2, 0.4), (0.5, 0.9)])["size"].g
+    v = soft_size(logits)[0]
+    assert torch.allclose(g[0, 1], torch.stack([0.2 * 20 - v[1], v[1] - 0.4 * 20]) / 64)
+    assert torch.allclose(g[0, 2], torch.stack([0.5 * 32 - v[2], v[2] - 0.9 * 32]) / 64)
+    with pytest.raises(ValueError, match="3 \\(lo, hi\\) pairs"):
+        box_constraints(logits, boxes, size_fraction=[(0, 1), (0.2, 0.4)])
+    with pytest.raises(ValueError, match="size_fraction"):
+        BoxConstraintLoss(size_fraction=[(0, 1), (0.5, 0.2)])
+
+
 def test_box_500_bands_in_one_call_fast():
     shape = (2, 3, 250, 250)
     boxes = _box_mask(shape, 1, [(0, 250), (0, 250)])

@@ -179,3 +179,38 @@ def test_resume_run_saved_before_data_priors_existed(tmp_path: Path):
     train(config_from_dict(tiny_config(train__epochs=2)), tmp_path, resume=True,
           progress=False, log=lambda s: None, stop_after_epoch=2)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+
+
+def test_crops_and_fixed_steps_per_epoch(tmp_path: Path):
+    """Random crops with a fixed number of steps (small sets of large images), fixed-size
+    bounds read nothing from the batch; the run is seeded like any other."""
+    raw = tiny_config(data__crop=16, data__annotation="sim:points", train__epochs=2,
+                      train__steps_per_epoch=5)
+    raw["loss"] = [{"name": "partial_ce"},
+                   {"name": "size", "params": {"bounds": [[0.3, 1.0], [0, 0.4], [0, 0.4],
+                                                          [0, 0.4]], "fraction": True}}]
+    cfg = config_from_dict(raw)
+    r1 = train(cfg, tmp_path / "a", progress=False, log=lambda s: None)
+    r2 = train(cfg, tmp_path / "b", progress=False, log=lambda s: None)
+    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert [float(r["images_per_s"]) > 0 for r in rows] == [True, True]
+    assert "train_size_violated" in rows[0]
+    assert _same(_weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt"))
+    assert r1.best_score == r2.best_score
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["scheduler"]["last_epoch"] == 10
+
+
+def test_random_crop_cuts_spatial_extras_alike():
+    from weakseg.data.slices import random_crop
+
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float).reshape(2, 1, 8, 8)
+    y = x[:, 0].long()
+    boxes = x.expand(2, 3, 8, 8) > 60
+    tags = torch.ones(2, 3, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    cx, cy, extras = random_crop(x, y, gen, 4, {"boxes": boxes, "tags": tags})
+    assert cx.shape == (2, 1, 4, 4) and cy.shape == (2, 4, 4)
+    assert torch.equal(cx[:, 0].long(), cy) and torch.equal(extras["boxes"][:, 0], cx[:, 0] > 60)
+    assert extras["tags"] is tags
+    with pytest.raises(WeaksegError, match="does not fit"):
+        random_crop(x, y, gen, 9)

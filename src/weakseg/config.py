@@ -59,6 +59,8 @@ class DataConfig:
     ``priors``: per-slice priors for constraint losses, computed from the full masks of
     the training slices (:mod:`weakseg.data.priors`): ``tags``, ``boxes``,
     ``bounds_from_tags``, ``bounds_from_boxes``, ``oracle_bounds`` (ablations only).
+    ``crop``: train on random ``crop × crop`` windows of the resized slices (large images
+    such as histology tiles); validation and prediction still use whole images.
     """
 
     name: str = "phantom"
@@ -68,6 +70,7 @@ class DataConfig:
     annotation_params: dict[str, Any] = field(default_factory=dict)
     annotation_seed: int = 0
     size: int = 128
+    crop: int | None = None
     train: str | None = None
     val: str | None = None
     test: str | None = None
@@ -91,6 +94,7 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"
     max_steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = None
 
 
 @dataclass
@@ -224,6 +228,24 @@ def validate(cfg: Config) -> None:
             f"config 'data.size' must be a multiple of 16 (U-Net down-sampling), "
             f"got {cfg.data.size}"
         )
+    crop = cfg.data.crop
+    if crop is not None and (crop < 16 or crop % 16 or crop > cfg.data.size):
+        raise WeaksegError(
+            f"config 'data.crop' must be a multiple of 16 between 16 and data.size "
+            f"({cfg.data.size}), got {crop}"
+        )
+    bounds = [p for p in cfg.data.priors if p in ("bounds_from_tags", "bounds_from_boxes",
+                                                   "oracle_bounds")]
+    if crop is not None and bounds:
+        raise WeaksegError(
+            f"data.priors '{bounds[0]}' gives sizes of whole slices, which a data.crop window "
+            "does not keep; drop data.crop, or give the size loss fixed fraction bounds "
+            "(params: {bounds: [[lo, hi], ...], fraction: true})"
+        )
+    for name in ("steps_per_epoch", "max_steps_per_epoch"):
+        value = getattr(t, name)
+        if value is not None and value < 1:
+            raise WeaksegError(f"config 'train.{name}' must be ≥ 1 (or unset), got {value}")
 
 
 def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:

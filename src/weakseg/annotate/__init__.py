@@ -1,10 +1,12 @@
 """Weak annotations: simulators from full masks (seeded) and the registry.
 
-Dense label-map simulators (registered): ``scribble``, ``points``, ``eroded_blobs``.
+Dense label-map simulators (registered): ``scribble``, ``points``, ``eroded_blobs``,
+``outside_boxes``.
 Boxes, extreme points, tags and size bounds: :mod:`weakseg.annotate.boxes`.
 """
 
-from weakseg.annotate import points as _points  # noqa: F401  (registers)
+from weakseg.annotate import boxes as _boxes  # noqa: F401  (registers)
+from weakseg.annotate import points as _points  # noqa: F401
 from weakseg.annotate import scribbles as _scribbles  # noqa: F401
 from weakseg.annotate.base import ANNOTATORS
 

@@ -1,9 +1,10 @@
 """Boxes, extreme points, image tags and size bounds derived from full label maps.
 
 These weak annotations are not dense label maps, so they are plain functions
-(not registered in ``ANNOTATORS``). Everything is per 2D slice: a ``(Z, H, W)``
-label map is a stack of independent slices, and a 2D ``(H, W)`` input gives the
-same results with the leading ``Z`` axis dropped.
+(not registered in ``ANNOTATORS``), except :func:`simulate_outside_boxes`, the dense
+label map a box annotation implies (background outside every box). Everything is per
+2D slice: a ``(Z, H, W)`` label map is a stack of independent slices, and a 2D
+``(H, W)`` input gives the same results with the leading ``Z`` axis dropped.
 
 * :func:`boxes_from_mask` / :func:`box_masks`: tight (or enlarged, jittered)
   bounding boxes per slice and class, for the box priors of Kervadec et al.,
@@ -32,7 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from weakseg.annotate.base import check_label_map, is_int
+from weakseg.annotate.base import ANNOTATORS, check_label_map, is_int
+from weakseg.data.base import IGNORE_INDEX
 from weakseg.errors import WeaksegError
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "boxes_from_mask",
     "extreme_points",
     "oracle_size_bounds",
+    "simulate_outside_boxes",
     "size_bounds_from_boxes",
     "size_bounds_from_tags",
     "size_stats",
@@ -155,6 +158,36 @@ def box_masks(boxes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     in_y = (ys >= y0[..., None]) & (ys < y1[..., None])
     in_x = (xs >= x0[..., None]) & (xs < x1[..., None])
     return in_y[..., :, None] & in_x[..., None, :]
+
+
+@ANNOTATORS.register("outside_boxes",
+                     help="background outside the boxes of the foreground classes")
+def simulate_outside_boxes(
+    label: np.ndarray, *, num_classes: int, seed: int = 0, margin: int = 0
+) -> np.ndarray:
+    """The pixel labels a box annotation gives: background outside every box.
+
+    A box annotator who draws a (``margin``-enlarged) tight box around each foreground
+    structure of a slice also says that every pixel outside all boxes is background
+    (class 0); inside the boxes nothing is known (``IGNORE_INDEX``). A slice with no
+    foreground structure is background everywhere. This is the partial cross-entropy
+    target of the box setting of Kervadec et al. (MIDL 2020); the boxes themselves enter
+    as priors (``data.priors: [boxes]``, the ``box`` loss).
+
+    Args:
+        label: full label map ``(Z, H, W)`` or ``(H, W)``.
+        num_classes: number of classes ``C`` (class 0 = background).
+        seed: unused (boxes are deterministic); accepted for the annotator contract.
+        margin: pixels added around each box (``>= 0``).
+
+    Returns:
+        int64 map of the shape of ``label``: 0 outside the boxes, ``IGNORE_INDEX`` inside.
+    """
+    labels, squeeze = check_label_map(label, num_classes, "outside_boxes")
+    boxes = boxes_from_mask(labels, num_classes=num_classes, margin=margin)
+    inside = box_masks(boxes[:, 1:], labels.shape[-2:]).any(axis=1)  # (Z, H, W)
+    out = np.where(inside, IGNORE_INDEX, 0).astype(np.int64)
+    return out[0] if squeeze else out
 
 
 def _middle_true(rows: np.ndarray) -> np.ndarray:

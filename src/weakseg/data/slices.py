@@ -26,6 +26,7 @@ __all__ = [
     "SliceData",
     "augment_batch",
     "build_slices",
+    "random_crop",
     "normalize_intensity",
     "resize_image",
     "resize_labels",
@@ -72,10 +73,13 @@ def resolve_annotation(
 ) -> np.ndarray:
     """The training target of ``volume`` for the configured ``annotation``.
 
-    ``full`` → the full label map; ``sim:<name>`` → simulated from the full
+    ``full`` → the full label map; ``none`` → no pixel label at all (training from
+    priors alone, e.g. tags and size bounds); ``sim:<name>`` → simulated from the full
     mask by annotator ``name`` with a per-volume seed; anything else → the
     named annotation stored with the data.
     """
+    if annotation == "none":
+        return np.full(volume.image.shape[:3], IGNORE_INDEX, dtype=np.int64)
     if annotation == "full":
         if volume.label is None:
             raise WeaksegError(
@@ -175,7 +179,12 @@ def build_slices(
             full.append(resize_labels(label, (size, size)).numpy())
     extras = compute_priors(full, priors, num_classes=num_classes)
     data = SliceData(torch.cat(images), torch.cat(targets), keys, index, extras)
-    if not (data.targets != IGNORE_INDEX).any():
+    if annotation == "none" and not priors:
+        raise WeaksegError(
+            "annotation 'none' gives no pixel label and data.priors is empty: nothing to "
+            "learn from; list priors (e.g. data.priors=[tags, bounds_from_tags])"
+        )
+    if annotation != "none" and not (data.targets != IGNORE_INDEX).any():
         raise WeaksegError(
             f"annotation '{annotation}' has no labelled pixel in the whole data set "
             f"({len(volumes)} volumes); check the annotation files or the unlabelled value"
@@ -241,3 +250,33 @@ def augment_batch(
     out = dict(extras)
     out.update({k: torch.stack(v) for k, v in es.items()})
     return torch.stack(xs), torch.stack(ys), out
+
+
+def random_crop(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    size: int,
+    extras: Extras | None = None,
+    *,
+    spatial: Collection[str] = SPATIAL_EXTRAS,
+) -> tuple[torch.Tensor, torch.Tensor, Extras]:
+    """A random ``size × size`` window of every sample, seeded by ``generator``.
+
+    The image, its target and the ``spatial`` extras (e.g. box masks) are cut at the same
+    offset; other extras pass unchanged. Returns ``(images, targets, extras)``.
+    """
+    h, w = images.shape[-2:]
+    if not 1 <= size <= min(h, w):
+        raise WeaksegError(f"crop {size} does not fit slices of {h}x{w}; lower data.crop")
+    n = images.shape[0]
+    ys = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
+    xs = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
+    extras = dict(extras or {})
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        return torch.stack([t[i, ..., y:y + size, x:x + size]
+                            for i, (y, x) in enumerate(zip(ys, xs, strict=True))])
+
+    moved = {k: cut(v) for k, v in extras.items() if k in spatial}
+    return cut(images), cut(targets), extras | moved

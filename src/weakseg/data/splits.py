@@ -41,9 +41,23 @@ def group_number(group: str) -> int | None:
 
 
 def select_groups(volumes: list[Volume], spec: str | int | list[int] | None) -> list[Volume]:
-    """Volumes whose group number (or group name) is in ``spec``; all when ``spec`` is None."""
+    """Volumes whose group number (or group name) is in ``spec``; all when ``spec`` is None.
+
+    ``"split:<name>"`` selects the volumes the data set itself assigns to split ``name``
+    (``meta["split"]``, e.g. MoNuSeg's ``split.json``: ``split:train``, ``split:val``).
+    """
     if spec is None:
         return list(volumes)
+    if isinstance(spec, str) and spec.startswith("split:"):
+        name = spec[len("split:"):].strip()
+        have = sorted({str(v.meta["split"]) for v in volumes if v.meta.get("split")})
+        if not have:
+            raise WeaksegError(f"'{spec}': this data set defines no splits; select groups by "
+                               "number ('21-90') or name instead")
+        if name not in have:
+            raise WeaksegError(f"'{spec}': unknown split '{name}'; this data set has "
+                               f"{', '.join(have)}")
+        return [v for v in volumes if v.meta.get("split") == name]
     if isinstance(spec, str) and not re.fullmatch(r"[\d\s,\-]+", spec):
         names = {s.strip() for s in spec.split(",")}
         return [v for v in volumes if v.group in names or v.key in names]

@@ -41,7 +41,7 @@ from weakseg.config import Config, config_from_dict, dump_config
 from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
 from weakseg.data.priors import ORACLE_PRIORS, describe_priors
-from weakseg.data.slices import SliceData, augment_batch, build_slices
+from weakseg.data.slices import SliceData, augment_batch, build_slices, random_crop
 from weakseg.data.splits import select_groups
 from weakseg.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from weakseg.engine.inference import predict_volume
@@ -161,11 +161,17 @@ def train_one_epoch(
     seed: int,
     augment: bool = True,
     max_steps: int | None = None,
+    steps: int | None = None,
+    crop: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "",
 ) -> dict[str, float]:
     """One pass over ``data`` (shuffled, drop-last); returns the mean of each loss part.
+
+    ``steps`` fixes the number of batches instead (drawn from as many fresh permutations
+    as needed, for small sets of large images); ``max_steps`` caps it. ``crop`` takes a
+    random ``crop × crop`` window of every sample (image, target and spatial priors alike).
 
     The batches carry ``image``, ``target`` and every entry of ``data.extras`` (priors),
     augmented alike. The mean of every diagnostic in ``recipe.last_stats`` is returned too
@@ -176,7 +182,12 @@ def train_one_epoch(
 
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=gen)
-    steps = max(len(data) // batch_size, 1)
+    if steps is not None:
+        rounds = -(-steps * batch_size // len(data))
+        order = torch.cat([order] + [torch.randperm(len(data), generator=gen)
+                                     for _ in range(rounds - 1)])
+    else:
+        steps = max(len(data) // batch_size, 1)
     if max_steps is not None:
         steps = min(steps, max_steps)
     sums: dict[str, float] = {}
@@ -190,6 +201,8 @@ def train_one_epoch(
             idx = order[step * batch_size : (step + 1) * batch_size]
             x, y = data.images[idx], data.targets[idx]
             extras = {k: v[idx] for k, v in data.extras.items()}
+            if crop is not None:
+                x, y, extras = random_crop(x, y, gen, crop, extras)
             if augment:
                 x, y, extras = augment_batch(x, y, gen, extras)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -302,7 +315,7 @@ def train(
     torch.manual_seed(t.seed)  # model initialisation
     model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
     recipe = LossRecipe(cfg.loss).to(device)
-    steps = max(len(data) // t.batch_size, 1)
+    steps = t.steps_per_epoch or max(len(data) // t.batch_size, 1)
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
     optimizer, scheduler = build_optimizer(cfg, model, steps * t.epochs)
@@ -348,7 +361,8 @@ def train(
         parts = train_one_epoch(
             model, recipe, data, optimizer, scheduler, batch_size=t.batch_size,
             seed=_epoch_seed(t.seed, epoch), augment=t.augment,
-            max_steps=t.max_steps_per_epoch, device=device, progress=progress,
+            max_steps=t.max_steps_per_epoch, steps=t.steps_per_epoch, crop=cfg.data.crop,
+            device=device, progress=progress,
             desc=f"epoch {epoch + 1}/{t.epochs}",
         )
         recipe.epoch_step()  # log-barrier t; saved with the recipe state below

@@ -10,9 +10,10 @@ for ``values (B, C, *spatial)`` and ``features (B, F, *spatial)`` already divide
 their bandwidths (:func:`bilateral_features`), self pair included:
 
 - ``"exact"``: the explicit ``N × N`` kernel (tiny images; the test reference);
-- ``"grid"``: a bilateral grid in pure PyTorch, for ``F ≤ 5`` (2D/3D + 1–2 channels);
+- ``"grid"``: a bilateral grid in pure PyTorch, for 2D/3D positions + 1–2 channels;
 - ``"permutohedral"``: the permutohedral lattice (Adams et al., 2010) for more features;
-- ``"auto"``: exact when ``N ≤ 1024``, grid when ``F ≤ 5``, else permutohedral.
+- ``"auto"``: exact when ``N ≤ 256``, grid for at most 2 non-spatial (intensity)
+  features, else permutohedral (e.g. RGB: a dense 5-D grid costs ~3× the lattice at 128²).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from weakseg.filtering.grid import dense_gaussian_grid
 
 __all__ = [
     "AUTO_EXACT_MAX_PIXELS",
-    "AUTO_GRID_MAX_DIMS",
+    "AUTO_GRID_MAX_CHANNELS",
     "BACKENDS",
     "bilateral_features",
     "dense_gaussian",
@@ -40,8 +41,8 @@ __all__ = [
 BACKENDS = ("auto", "exact", "grid", "permutohedral")
 #: ``"auto"`` uses the exact kernel up to this many pixels per image.
 AUTO_EXACT_MAX_PIXELS = 256  # the grid is already faster than the N² kernel at 32²
-#: ``"auto"`` uses the bilateral grid up to this many feature channels.
-AUTO_GRID_MAX_DIMS = 5
+#: ``"auto"`` uses the bilateral grid up to this many non-spatial (intensity) features.
+AUTO_GRID_MAX_CHANNELS = 2
 
 
 def _permutohedral(values: torch.Tensor, features: torch.Tensor, **kw: Any) -> torch.Tensor:
@@ -56,15 +57,16 @@ def _permutohedral(values: torch.Tensor, features: torch.Tensor, **kw: Any) -> t
     return dense_gaussian_permutohedral(values, features, **kw)
 
 
-def resolve_backend(backend: str, pixels: int, dims: int) -> str:
-    """The concrete backend ``"auto"`` picks for ``pixels`` per image and ``dims`` features."""
+def resolve_backend(backend: str, pixels: int, dims: int, spatial: int = 2) -> str:
+    """The concrete backend ``"auto"`` picks for ``pixels`` per image, ``dims`` features of
+    which ``spatial`` are positions (the rest are intensity channels)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
     if pixels <= AUTO_EXACT_MAX_PIXELS:
         return "exact"
-    if dims <= AUTO_GRID_MAX_DIMS:
+    if dims - spatial <= AUTO_GRID_MAX_CHANNELS:
         return "grid"
     return "permutohedral"
 
@@ -100,7 +102,8 @@ def dense_gaussian(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_values_features(values, features)
-    chosen = resolve_backend(backend, values[0, 0].numel(), features.shape[1])
+    chosen = resolve_backend(backend, values[0, 0].numel(), features.shape[1],
+                             values.ndim - 2)
     if chosen == "exact":
         if backend == "auto":
             kw = {}

@@ -321,12 +321,34 @@ def _band_constraints(
     return Constraint(torch.cat(gs, dim=-1), torch.cat(actives, dim=-1))
 
 
+def _box_fractions(
+    size_fraction: Sequence[float] | Sequence[Sequence[float]], num_classes: int,
+    like: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` as ``(C,)`` tensors from one pair or ``C`` pairs, checked."""
+    try:
+        frac = torch.as_tensor(size_fraction, dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"size_fraction must be (lo, hi) or C such pairs, got "
+                         f"{size_fraction!r}") from err
+    if frac.shape == (2,):
+        frac = frac.expand(num_classes, 2)
+    if frac.shape != (num_classes, 2):
+        raise ValueError(f"size_fraction must be (lo, hi) or {num_classes} (lo, hi) pairs (one "
+                         f"per class), got shape {tuple(frac.shape)}")
+    lo, hi = frac[:, 0], frac[:, 1]
+    if not bool(((lo >= 0) & (lo <= hi) & (hi <= 1)).all()):
+        raise ValueError(f"size_fraction must satisfy 0 <= lo <= hi <= 1, got "
+                         f"{frac.tolist()}")
+    return (lo.to(like.device, like.dtype), hi.to(like.device, like.dtype))
+
+
 def box_constraints(
     logits: torch.Tensor,
     boxes_mask: torch.Tensor,
     *,
     band_width: int = 1,
-    size_fraction: tuple[float, float] = (0.5, 0.9),
+    size_fraction: Sequence[float] | Sequence[Sequence[float]] = (0.5, 0.9),
 ) -> dict[str, Constraint]:
     r"""Bounding-box priors (C7): emptiness outside, tightness inside, box-size bounds.
 
@@ -358,7 +380,8 @@ def box_constraints(
         boxes_mask: ``(B, C, *spatial)`` bool, ``True`` inside the box of class ``c``.
         band_width: ``w``, slices per band (``>= 1``).
         size_fraction: ``(lo, hi)``, bounds on the object's size as fractions of the box
-            area, ``0 <= lo <= hi <= 1``.
+            area, ``0 <= lo <= hi <= 1``; or one ``(lo, hi)`` per class (``C`` pairs), e.g.
+            a thin ring such as the myocardium fills far less of its box than a disc.
 
     Returns:
         ``{"outside": (B, C), "tightness": (B, C, n), "size": (B, C, 2)}``, each a
@@ -386,9 +409,7 @@ def box_constraints(
         )
     if isinstance(band_width, bool) or not isinstance(band_width, int) or band_width < 1:
         raise ValueError(f"band_width must be an integer >= 1, got {band_width!r}")
-    lo, hi = size_fraction
-    if not 0 <= lo <= hi <= 1:
-        raise ValueError(f"size_fraction must satisfy 0 <= lo <= hi <= 1, got {size_fraction}")
+    lo, hi = _box_fractions(size_fraction, logits.shape[1], logits)
     boxes = boxes_mask.to(logits.device)
     dims = _spatial_dims(logits)
     total = float(_num_pixels(logits))
@@ -398,7 +419,7 @@ def box_constraints(
     size = probs.sum(dims)
     outside = (size - inside.sum(dims)) / total
     area = boxes.sum(dims).to(logits.dtype)
-    size_g = torch.stack([lo * area - size, size - hi * area], dim=-1) / total
+    size_g = torch.stack([lo * area - size, size - hi * area], dim=-1) / total  # lo, hi: (C,)
     size_active = has_box.unsqueeze(-1).expand(size_g.shape)
     return {
         "outside": Constraint(torch.where(has_box, outside, float("-inf")), has_box),
@@ -711,10 +732,14 @@ class SizeConstraintLoss(_InequalityLoss):
     ``method``: ``"penalty"``, ``"log_barrier"`` (``t0``, ``t_mult``, ``t_max``; call
     :meth:`epoch_step` once per epoch) or ``"lagrangian"`` (one λ per class and bound side
     if ``num_classes`` is given, else one λ for all; dual step ``dual_lr`` at each training
-    forward). The batch key it reads is ``"bounds"`` ``(B, C, 2)``.
+    forward). The batch key it reads is ``"bounds"`` ``(B, C, 2)``, unless fixed ``bounds``
+    (one ``(lo, hi)`` per class, the same for every image; pixels, or fractions with
+    ``fraction=True``; ``.inf`` allowed as upper bound) are given here: then it reads nothing
+    from the batch (e.g. a known range of the nucleus fraction of histology crops).
     """
 
-    inputs = ("bounds",)
+    inputs: tuple[str, ...] = ("bounds",)
+    fixed_bounds: torch.Tensor | None
 
     def __init__(
         self,
@@ -728,13 +753,34 @@ class SizeConstraintLoss(_InequalityLoss):
         num_classes: int | None = None,
         dual_lr: float = 1.0,
         reduction: str = "mean",
+        bounds: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__({"size": _slots(num_classes, 2)}, method, t0=t0, t_mult=t_mult,
                          t_max=t_max, dual_lr=dual_lr, reduction=reduction)
         self.fraction = fraction
         self.check = check
+        fixed = None
+        if bounds is not None:
+            try:
+                fixed = torch.as_tensor(bounds, dtype=torch.float)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"bounds must be C pairs (lo, hi), got {bounds!r}") from err
+            if fixed.ndim != 2 or fixed.shape[1] != 2 or fixed.shape[0] < 2:
+                raise ValueError(f"bounds must be C >= 2 pairs (lo, hi), one per class, got "
+                                 f"shape {tuple(fixed.shape)}")
+            check_size_bounds(fixed[None], 1 if fraction else 2**62, fraction=fraction,
+                              what="size loss bounds")
+            self.inputs = ()
+        self.register_buffer("fixed_bounds", fixed, persistent=False)
 
-    def forward(self, logits: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, bounds: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fixed_bounds is not None:
+            if self.fixed_bounds.shape[0] != logits.shape[1]:
+                raise ValueError(f"the size loss has bounds for {self.fixed_bounds.shape[0]} "
+                                 f"classes but the logits have {logits.shape[1]}")
+            bounds = self.fixed_bounds.to(logits.dtype)
+        elif bounds is None:
+            raise ValueError("the size loss needs per-image bounds (B, C, 2) or fixed bounds")
         constraint = size_constraints(logits, bounds, fraction=self.fraction, check=self.check)
         return self._total({"size": constraint}, _half_pixel(logits))
 
@@ -787,7 +833,7 @@ class BoxConstraintLoss(_InequalityLoss):
         method: str = "log_barrier",
         *,
         band_width: int = 1,
-        size_fraction: tuple[float, float] = (0.5, 0.9),
+        size_fraction: Sequence[float] | Sequence[Sequence[float]] = (0.5, 0.9),
         t0: float = 5.0,
         t_mult: float = 1.1,
         t_max: float | None = None,
@@ -802,13 +848,14 @@ class BoxConstraintLoss(_InequalityLoss):
                  "size": _slots(num_classes, 2)}
         super().__init__(parts, method, t0=t0, t_mult=t_mult, t_max=t_max, dual_lr=dual_lr,
                          reduction=reduction)
+        frac = torch.as_tensor(size_fraction, dtype=torch.float64)  # validate now, not mid-run
+        _box_fractions(size_fraction, frac.shape[0] if frac.ndim == 2 else 1, frac)
         self.band_width = band_width
-        self.size_fraction = tuple(size_fraction)
+        self.size_fraction = size_fraction
 
     def forward(self, logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.size_fraction
         constraints = box_constraints(logits, boxes, band_width=self.band_width,
-                                      size_fraction=(lo, hi))
+                                      size_fraction=self.size_fraction)
         return self._total(constraints, _half_pixel(logits))
 
 
