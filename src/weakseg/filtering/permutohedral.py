@@ -72,6 +72,14 @@ passes through more empty points: more mass lost); it helps only where the featu
 lattice (one or two features, away from the borders of the data).  What does help is averaging
 over a few rotated/shifted lattices (``n_lattices``), which reduces the position-dependent part
 (gradient cosine 0.989 -> 0.993 with 2 lattices, 0.995 with 4 on the hardest case measured).
+Two further options attack the two errors directly: ``neighbours=1`` adds the lattice
+neighbours of every occupied point, so that a blur step no longer loses its mass (the
+relative error of ``W S`` on 5-D features drops from 21-34 % to ~11 % before, and from 11-12 %
+to ~6 % after, the global factor), and ``calibrate=R`` rescales each image by the
+exact-to-lattice ratio of ``W 1`` over ``R`` fixed random pixels (exact row sums), removing
+the global bias. Together with ``n_lattices=2``: 4.7-4.8 % on real H&E crops, 5.2 % on
+synthetic colour images. They cost 2.5-6× the time, and the normalised CRF loss (a ratio)
+does not need the calibration, so both are off by default.
 
 Gradients.  The operator is linear in ``values``; it is wrapped in an autograd function whose
 backward applies the exact adjoint (same splat/slice, blur directions in reverse order) on the
@@ -185,7 +193,7 @@ class _KeyTable:
 class _Lattice:
     """Splat indices/weights and blur neighbour lists for one batch of feature maps."""
 
-    def __init__(self, features: Tensor, scale: float, dtype: torch.dtype) -> None:
+    def __init__(self, features: Tensor, scale: float, dtype: torch.dtype, ring: int = 0) -> None:
         # features: (B, N, d)
         bsz, npix, d = features.shape
         dev = features.device
@@ -247,8 +255,10 @@ class _Lattice:
 
         # 3. Lattice keys of the vertices: key_r[i] = rem0[i] + r - (d+1) [rank[i] > d - r],
         # i.e. key_{r+1} = key_r + u_{pos[d-r]} with u_j = (1, ..., 1, -d, 1, ..., 1) (-d at j).
-        lo = rem0_i.min(dim=0).values - 2 * d  # room for vertices (±d) and neighbours (±d)
-        hi = rem0_i.max(dim=0).values + 2 * d
+        # room for vertices (±d), ``ring`` layers of added neighbours and their blur
+        # neighbours (±d each)
+        lo = rem0_i.min(dim=0).values - (2 + ring) * d
+        hi = rem0_i.max(dim=0).values + (2 + ring) * d
         radix = [int(r) for r in (hi - lo + 1).tolist()]
         strides = [1] * d
         for i in range(d - 2, -1, -1):
@@ -266,9 +276,18 @@ class _Lattice:
             codes.masked_fill_(pruned, _PRUNED_CODE)  # sorts last, becomes the padding row
             del base, step, bidx
             table, inverse = torch.unique(codes.reshape(-1), sorted=True, return_inverse=True)
-            del codes
             if int(table[-1]) == _PRUNED_CODE:
                 table = table[:-1]
+            if ring > 0:
+                offsets = torch.tensor([sum_stride - d1 * strides_ext[j] for j in range(d1)],
+                                       dtype=torch.int64, device=dev)
+                for _ in range(ring):
+                    table = torch.unique(torch.cat([table, (table[:, None] + offsets).ravel(),
+                                                    (table[:, None] - offsets).ravel()]))
+                flat_codes = codes.reshape(-1)
+                inverse = torch.searchsorted(table, flat_codes)
+                inverse = torch.where(flat_codes == _PRUNED_CODE, table.numel(), inverse)
+            del codes
             self.size = int(table.numel())
 
             def shifted(j: int) -> tuple[Tensor, Tensor]:
@@ -364,8 +383,28 @@ def _jittered(feats: Tensor, k: int) -> Tensor:
     return feats.to(torch.float64) @ q + shift
 
 
+def _calibration(lattice: _Lattice, feats: Tensor, samples: int, dtype: torch.dtype) -> Tensor:
+    """Per-image factor ``Σ_i∈R (W 1)_i / Σ_i∈R (Ŵ 1)_i`` over ``samples`` fixed random pixels
+    ``R``, with the exact row sums ``(W 1)_i`` (``O(samples · N)`` per image)."""
+    bsz, npix, _ = feats.shape
+    gen = torch.Generator().manual_seed(0x0CA1)
+    pick = torch.randperm(npix, generator=gen)[: min(samples, npix)].to(feats.device)
+    f = feats.to(torch.float64)
+    rows = f[:, pick]                                              # (B, R, F)
+    exact = torch.exp(-0.5 * torch.cdist(rows, f).square()).sum(-1).sum(-1)  # (B,)
+    ones = torch.ones(1, bsz * npix, dtype=torch.float64, device=feats.device)
+    approx = lattice.apply(ones, False).reshape(bsz, npix)[:, pick].sum(-1)
+    return (exact / approx.clamp_min(1e-300)).to(dtype)
+
+
 def dense_gaussian_permutohedral(
-    values: Tensor, features: Tensor, *, scale: float = 1.0, n_lattices: int = 1
+    values: Tensor,
+    features: Tensor,
+    *,
+    scale: float = 1.0,
+    n_lattices: int = 1,
+    neighbours: int = 0,
+    calibrate: int = 0,
 ) -> Tensor:
     """Approximate dense Gaussian filter ``Σ_j exp(-½‖f_i − f_j‖²) v_j`` per image.
 
@@ -383,6 +422,22 @@ def dense_gaussian_permutohedral(
             the others are deterministically rotated and shifted in feature space).  Reduces
             the lattice's position-dependent error (measured on 5-D features: 15-20 % less with
             2 lattices, 20-35 % less with 4) at proportional cost.
+        neighbours: rings of lattice neighbours added around the occupied lattice points, so
+            that the blur does not lose the mass that would pass through empty points (0, the
+            default, is the classic sparse lattice; 1 halves the shape error of ``W v`` on
+            5-D position + colour features at 2.5-6× the time).
+        calibrate: rescale each image's output by the exact-to-lattice ratio of ``W 1``
+            summed over this many fixed random pixels (exact row sums, ``O(calibrate · N)``),
+            which removes the lattice's global, data-dependent bias (0, the default, skips
+            it: the normalised dense-CRF loss is a ratio in which a per-image factor cancels,
+            so only users of ``W v`` itself need it).
+
+    Accuracy against the exact sum on 5-D (position + RGB) features at σ_xy = 5,
+    σ_rgb = 0.1 (relative Frobenius error of ``W S``; ``tests/test_permutohedral.py``):
+    classic lattice 21-34 % (11-12 % after removing the global factor); ``neighbours=1,
+    calibrate=256``: 6.0 %; plus ``n_lattices=2``: 4.7-4.8 % on real H&E crops, 5.2 % on
+    synthetic smooth colour images. The loss is within 1.5 % and its gradient's cosine
+    ≥ 0.998 in all these settings.
 
     Returns:
         ``(B, C, *spatial)`` estimate of the unnormalised Gaussian sum (self pair included),
@@ -395,6 +450,9 @@ def dense_gaussian_permutohedral(
         raise ValueError(f"scale must be > 0.5, got {scale}")
     if n_lattices < 1:
         raise ValueError(f"n_lattices must be >= 1, got {n_lattices}")
+    for name, value in (("neighbours", neighbours), ("calibrate", calibrate)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
     bsz, nch = values.shape[:2]
     spatial = values.shape[2:]
@@ -406,8 +464,13 @@ def dense_gaussian_permutohedral(
     out: Tensor | None = None
     for k in range(n_lattices):
         with torch.no_grad():
-            lattice = _Lattice(feats if k == 0 else _jittered(feats, k), float(scale), values.dtype)
+            f_k = feats if k == 0 else _jittered(feats, k)
+            lattice = _Lattice(f_k, float(scale), values.dtype, ring=neighbours)
+            factor = (_calibration(lattice, f_k, calibrate, values.dtype) if calibrate
+                      else None)
         part = _PermutohedralFilter.apply(flat, lattice, False)
+        if factor is not None:
+            part = (part.reshape(nch, bsz, npix) * factor[:, None]).reshape(nch, bsz * npix)
         out = part if out is None else out + part
     assert out is not None
     if n_lattices > 1:
