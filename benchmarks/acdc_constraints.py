@@ -121,7 +121,7 @@ half the budget of `acdc_scribbles.md`, to fit seven runs in one session on 2 co
 annotations are simulated from the full masks with seeded simulators (`configs/{PREFIX}*.yaml`):
 
 - **points**: one click per structure and slice (`sim:points`, uniform inside, drawn as a
-  radius-2 disc so that it survives the resizing), background included: 0.05 % of the pixels;
+  radius-2 disc so that it survives the resizing), background included: 0.08 % of the pixels;
 - **boxes**: the tight box of each structure per slice; pixels outside all boxes are labelled
   background (`sim:outside_boxes`), the boxes enter as priors;
 - **tags**: which classes each slice contains, no pixel label (`annotation: none`).
