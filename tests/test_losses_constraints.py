@@ -415,3 +415,30 @@ def test_gradcheck_float64_all_constraints():
                         t=5.0),
         (logits3d,),
     )
+
+
+def test_registered_centroid_with_fixed_bounds_and_area_sort():
+    from weakseg.config import config_from_dict
+    from weakseg.losses import LOSSES
+
+    logits = _logits((2, 2, 8, 8), 11)
+    fixed = [[[0.0, 1.0], [0.0, 1.0]], [[0.25, 0.75], [0.4, 0.6]]]
+    loss = LOSSES.build("centroid", method="penalty", bounds=fixed, fraction=True)
+    assert loss.inputs == ()
+    expected = apply("penalty", centroid_constraints(
+        logits, torch.tensor(fixed).expand(2, 2, 2, 2), fraction=True).g)
+    torch.testing.assert_close(loss(logits), expected)
+    with pytest.raises(ValueError, match="shape \\(C, D, 2\\)"):
+        LOSSES.build("centroid", bounds=[[0.0, 1.0]])
+    with pytest.raises(ValueError, match="lo <= hi"):
+        LOSSES.build("centroid", bounds=[[[0.6, 0.4]], [[0.0, 1.0]]])
+    with pytest.raises(ValueError, match="logits need"):
+        loss(_logits((2, 3, 8, 8), 1))
+    area = LOSSES.build("area_sort", area_fraction=[0.75, 0.25])
+    torch.testing.assert_close(area(logits), area_by_sorting(logits, torch.tensor([0.75, 0.25])))
+    cfg = config_from_dict({"loss": [
+        {"name": "partial_ce"},
+        {"name": "centroid", "params": {"bounds": [[[0, 1], [0, 1]]] * 4, "fraction": True}},
+        {"name": "area_sort", "weight": 0.1, "params": {"area_fraction": 0.25}},
+    ]})
+    assert [t.name for t in cfg.loss] == ["partial_ce", "centroid", "area_sort"]

@@ -859,12 +859,18 @@ class BoxConstraintLoss(_InequalityLoss):
         return self._total(constraints, _half_pixel(logits))
 
 
+@LOSSES.register("centroid", help="soft centroid of each class within bounds per axis, e.g. "
+                 "a location prior (C11)")
 class CentroidConstraintLoss(_InequalityLoss):
     """Centroid bounds (:func:`centroid_constraints`) as a loss; batch key
-    ``"centroid_bounds"`` ``(B, C, D, 2)``. With the Lagrangian and ``num_classes``, λ has
-    shape ``(C, 1, 2)`` (shared by the axes)."""
+    ``"centroid_bounds"`` ``(B, C, D, 2)``, or fixed ``bounds`` given here, one
+    ``[[lo, hi], ...]`` per class and spatial axis (``(C, D, 2)``, the same for every image;
+    normalised coordinates with ``fraction=True``, ``.inf`` to leave an axis free), e.g. "the
+    left ventricle's centre lies in the middle half of a cropped short-axis slice". With the
+    Lagrangian and ``num_classes``, λ has shape ``(C, 1, 2)`` (shared by the axes)."""
 
-    inputs = ("centroid_bounds",)
+    inputs: tuple[str, ...] = ("centroid_bounds",)
+    fixed_bounds: torch.Tensor | None
 
     def __init__(
         self,
@@ -878,14 +884,39 @@ class CentroidConstraintLoss(_InequalityLoss):
         num_classes: int | None = None,
         dual_lr: float = 1.0,
         reduction: str = "mean",
+        bounds: Sequence[Sequence[Sequence[float]]] | None = None,
     ) -> None:
         super().__init__({"centroid": _slots(num_classes, 1, 2)}, method, t0=t0,
                          t_mult=t_mult, t_max=t_max, dual_lr=dual_lr, reduction=reduction)
         self.fraction = fraction
         self.check = check
+        fixed = None
+        if bounds is not None:
+            try:
+                fixed = torch.as_tensor(bounds, dtype=torch.float)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"bounds must be (C, D, 2) nested lists, got {bounds!r}") from err
+            if fixed.ndim != 3 or fixed.shape[2] != 2 or not 1 <= fixed.shape[1] <= 3:
+                raise ValueError("bounds must have shape (C, D, 2): one (lo, hi) per class and "
+                                 f"spatial axis, got shape {tuple(fixed.shape)}")
+            if bool((torch.isnan(fixed).any(-1) | (fixed[..., 0] > fixed[..., 1])).any()):
+                raise ValueError(f"centroid bounds must satisfy lo <= hi, got {fixed.tolist()}")
+            self.inputs = ()
+        self.register_buffer("fixed_bounds", fixed, persistent=False)
 
-    def forward(self, logits: torch.Tensor, centroid_bounds: torch.Tensor) -> torch.Tensor:
-        constraint = centroid_constraints(logits, centroid_bounds, fraction=self.fraction,
+    def forward(
+        self, logits: torch.Tensor, centroid_bounds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.fixed_bounds is not None:
+            bounds = self.fixed_bounds.to(logits.dtype)
+            if bounds.shape[:2] != (logits.shape[1], logits.ndim - 2):
+                raise ValueError(f"centroid bounds have shape {tuple(bounds.shape)} but the "
+                                 f"logits need ({logits.shape[1]}, {logits.ndim - 2}, 2)")
+        elif centroid_bounds is None:
+            raise ValueError("the centroid loss needs per-image bounds or fixed bounds")
+        else:
+            bounds = centroid_bounds
+        constraint = centroid_constraints(logits, bounds, fraction=self.fraction,
                                           check=self.check)
         return self._total({"centroid": constraint}, 0.5 / max(logits.shape[2:]))
 
@@ -915,6 +946,8 @@ class SizeEqualityLoss(nn.Module):
         return size_equality_kl(logits, sizes, eps=self.eps, reduction=self.reduction)
 
 
+@LOSSES.register("area_sort", help="exact area fraction per class by sorting the soft mask "
+                 "(vecsort, C9)")
 class AreaBySortingLoss(nn.Module):
     """Module form of :func:`area_by_sorting` with a fixed ``area_fraction`` (a float, or one
     value per class, stored as a buffer)."""
