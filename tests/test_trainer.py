@@ -150,6 +150,10 @@ def test_resume_keeps_log_barrier_t_and_lagrange_multipliers(tmp_path: Path):
     assert {"train_size", "train_size_violated", "train_tags", "train_tags_violated"} <= set(
         rows[0])
     assert all(0 <= float(r["train_size_violated"]) <= 1 for r in rows)
+    # the same fractions on the validation slices, logged after every validation
+    assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("val_size_violated",
+                                                              "val_tags_violated"))
+    assert [r["val_size_violated"] for r in rows] == [r["val_size_violated"] for r in ref_rows]
     assert [r["train_total"] for r in rows] == [r["train_total"] for r in ref_rows]
 
 

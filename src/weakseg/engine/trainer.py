@@ -20,7 +20,10 @@ Constraints: the priors of ``data.priors`` (tags, boxes, size bounds) travel wit
 the slices and reach the losses as batch entries; after every epoch the loss recipe
 takes its ``epoch_step()`` (log-barrier ``t``), and its state (``t``, Lagrange
 multipliers) is saved in ``last.pt`` with the weights. Terms that report how many
-of their constraints are violated add ``train_<term>_violated`` to ``log.csv``.
+of their constraints are violated add ``train_<term>_violated`` to ``log.csv``, and,
+when ``data.priors`` are set, ``val_<term>_violated``: the same fractions on the
+validation slices (priors built from the validation masks the same way, at the
+training size; no dual update), computed after every validation.
 """
 
 from __future__ import annotations
@@ -250,6 +253,34 @@ def evaluate_volumes(
     return metrics
 
 
+@torch.no_grad()
+def constraint_stats(
+    model: nn.Module, recipe: LossRecipe, data: SliceData, *, batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Mean of the recipe's diagnostics (e.g. ``size_violated``) over ``data``'s slices,
+    in eval mode (Lagrange multipliers are not updated); ``{}`` when there are none."""
+    was_training = model.training, recipe.training
+    model.eval()
+    recipe.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    try:
+        for i in range(0, len(data), batch_size):
+            sl = slice(i, i + batch_size)
+            batch = {k: v[sl].to(device) for k, v in data.extras.items()}
+            batch.update(image=data.images[sl].to(device), target=data.targets[sl].to(device))
+            recipe(model(batch["image"]), batch)
+            n = batch["image"].shape[0]
+            for k, v in recipe.last_stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            count += n
+    finally:
+        model.train(was_training[0])
+        recipe.train(was_training[1])
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
 def _write_log(history: list[dict[str, Any]], path: Path) -> None:
     cols: list[str] = []
     for row in history:
@@ -312,6 +343,10 @@ def train(
         size=cfg.data.size, seed=cfg.data.annotation_seed,
         annotation_params=cfg.data.annotation_params, priors=cfg.data.priors,
     )
+    val_slices = None
+    if cfg.data.priors and splits.val:  # for the validation constraint logs
+        val_slices = build_slices(splits.val, annotation="full", num_classes=ds.num_classes,
+                                  size=cfg.data.size, priors=cfg.data.priors)
     torch.manual_seed(t.seed)  # model initialisation
     model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
     recipe = LossRecipe(cfg.loss).to(device)
@@ -381,6 +416,9 @@ def train(
                                   device=device)
             scores = vm.compute()
             row.update({f"val_{k}": v for k, v in scores.items() if k.startswith(("dice", "hd95"))})
+            if val_slices is not None:
+                stats = constraint_stats(model, recipe, val_slices, device=device)
+                row.update({f"val_{k}": v for k, v in stats.items() if k.endswith("violated")})
             score = scores["dice_mean"]
         else:
             score = -math.inf if splits.val else float(epoch)  # no val: keep the last epoch
