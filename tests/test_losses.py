@@ -155,8 +155,18 @@ def _priors(full: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
         view[axis] = inside.shape[-1]
         boxes = boxes & inside.view(view)
     boxes[:, 0] = False                                                   # no background box
+    centres = []
+    for axis in dims:                                                     # true centroids
+        shape = [1] * onehot.ndim
+        shape[axis] = onehot.shape[axis]
+        coord = torch.arange(onehot.shape[axis], dtype=torch.float).view(shape)
+        centres.append((onehot * coord).sum(dims) / sizes.clamp_min(1))
+    centre = torch.stack(centres, -1)                                     # (B, C, D)
+    free = torch.tensor([-math.inf, math.inf]).expand(*centre.shape, 2)
+    centroid_bounds = torch.where((sizes > 0)[..., None, None],
+                                  torch.stack([centre - 1, centre + 1], -1), free)
     return {"tags": sizes > 0, "bounds": torch.stack([0.8 * sizes, 1.2 * sizes], -1),
-            "boxes": boxes}
+            "boxes": boxes, "centroid_bounds": centroid_bounds}
 
 
 def test_contract_priors_are_valid():
