@@ -442,3 +442,32 @@ def test_registered_centroid_with_fixed_bounds_and_area_sort():
         {"name": "area_sort", "weight": 0.1, "params": {"area_fraction": 0.25}},
     ]})
     assert [t.name for t in cfg.loss] == ["partial_ce", "centroid", "area_sort"]
+
+
+def test_proposal_method_pulls_towards_the_constrained_proposal():
+    """method='proposal': soft-target CE to Pathak's proposal, whose size meets the bound
+    the prediction violates; its gradient raises the foreground where it is most likely."""
+    from weakseg.constrain import pathak_proposal
+    from weakseg.losses import LOSSES
+
+    logits = _logits((2, 2, 8, 8), 21).requires_grad_()
+    logits.data[:, 0] += 3.0                                   # predicts background
+    bounds = torch.tensor([[0.0, 64.0], [20.0, 40.0]]).expand(2, 2, 2)
+    loss = LOSSES.build("size", method="proposal", proposal_iterations=40)
+    value = loss(logits, bounds)
+    prop = pathak_proposal(logits, lambda z: size_constraints(z, bounds).g, iterations=40)
+    assert (prop.probs[:, 1].sum((1, 2)) >= 19.0).all()
+    expected = -(prop.probs * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(value, expected)
+    assert float(loss.last_stats["violated"]) > 0            # the prediction violates it
+    value.backward()
+    assert (logits.grad[:, 1] < 0).all()                      # raise the foreground logits
+    boxes = _box_mask((2, 2, 8, 8), 1, [(1, 5), (2, 6)])
+    box = LOSSES.build("box", method="proposal")(logits.detach(), boxes)
+    assert torch.isfinite(box)
+    with pytest.raises(ValueError, match="affine"):
+        LOSSES.build("centroid", method="proposal")
+    with pytest.raises(ValueError, match="proposal_iterations"):
+        LOSSES.build("tags", method="proposal", proposal_iterations=0)
+    with pytest.raises(ValueError, match="one of"):
+        LOSSES.build("size", method="barrier")

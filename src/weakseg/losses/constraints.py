@@ -43,13 +43,13 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from weakseg.constrain import ConstraintObjective
+from weakseg.constrain import METHODS, ConstraintObjective, pathak_proposal
 from weakseg.errors import WeaksegError
 from weakseg.losses._utils import check_reduction
 from weakseg.losses.base import LOSSES
@@ -663,6 +663,10 @@ def area_by_sorting(
 
 # ---------------------------------------------------------------------------- modules
 
+#: How a constraint loss turns its constraints into an objective: the methods of
+#: :func:`weakseg.constrain.apply`, or Pathak's proposal as a soft target.
+LOSS_METHODS: tuple[str, ...] = (*METHODS, "proposal")
+
 
 class _InequalityLoss(nn.Module):
     """Shared part of the constraint losses: a :class:`ConstraintObjective` per term.
@@ -682,14 +686,53 @@ class _InequalityLoss(nn.Module):
         t_max: float | None,
         dual_lr: float,
         reduction: str,
+        proposal_iterations: int = 30,
+        proposal_lr: float = 4.0,
     ) -> None:
         super().__init__()
+        if method not in LOSS_METHODS:
+            raise ValueError(f"constraint method must be one of {LOSS_METHODS}, got '{method}'")
+        if isinstance(proposal_iterations, bool) or not isinstance(proposal_iterations, int) \
+                or proposal_iterations < 1:
+            raise ValueError(f"proposal_iterations must be an integer >= 1, got "
+                             f"{proposal_iterations!r}")
+        if not math.isfinite(proposal_lr) or proposal_lr <= 0:
+            raise ValueError(f"proposal_lr must be a finite number > 0, got {proposal_lr}")
+        self.method = method
+        self.proposal_iterations = proposal_iterations
+        self.proposal_lr = float(proposal_lr)
+        objective_method = "penalty" if method == "proposal" else method  # unused then
         self.objectives = nn.ModuleDict({
-            name: ConstraintObjective(method, t0=t0, t_mult=t_mult, t_max=t_max, slots=slots,
-                                      dual_lr=dual_lr, reduction=reduction)
+            name: ConstraintObjective(objective_method, t0=t0, t_mult=t_mult, t_max=t_max,
+                                      slots=slots, dual_lr=dual_lr, reduction=reduction)
             for name, slots in parts.items()
         })
         self.last_stats: dict[str, torch.Tensor] = {}
+
+    def _objective(
+        self,
+        logits: torch.Tensor,
+        make: Callable[[torch.Tensor], dict[str, Constraint]],
+        tol: float,
+    ) -> torch.Tensor:
+        """The loss of the constraints ``make(logits)`` by the configured method.
+
+        ``"proposal"`` (Pathak et al., ICCV 2015): the constrained proposal ``P`` closest to
+        the prediction in KL (:func:`~weakseg.constrain.pathak_proposal`, the constraints must
+        be affine in the probabilities) becomes a soft target,
+        ``mean_p −Σ_c P_p^c log s_p^c``; the others go through :meth:`_total`.
+        """
+        if self.method != "proposal":
+            return self._total(make(logits), tol)
+        with torch.no_grad():
+            self.last_stats = _violation_stats(make(logits.detach()), tol)
+
+        def flat_g(z: torch.Tensor) -> torch.Tensor:
+            return torch.cat([c.g.flatten(1) for c in make(z).values()], dim=1)
+
+        proposal = pathak_proposal(logits, flat_g, iterations=self.proposal_iterations,
+                                   lr=self.proposal_lr)
+        return -(proposal.probs * logits.log_softmax(1)).sum(1).mean()
 
     def _total(self, constraints: dict[str, Constraint], tol: float = 0.0) -> torch.Tensor:
         values = [self.objectives[name](c.g, c.active) for name, c in constraints.items()]
@@ -732,7 +775,10 @@ class SizeConstraintLoss(_InequalityLoss):
     ``method``: ``"penalty"``, ``"log_barrier"`` (``t0``, ``t_mult``, ``t_max``; call
     :meth:`epoch_step` once per epoch) or ``"lagrangian"`` (one λ per class and bound side
     if ``num_classes`` is given, else one λ for all; dual step ``dual_lr`` at each training
-    forward). The batch key it reads is ``"bounds"`` ``(B, C, 2)``, unless fixed ``bounds``
+    forward) or ``"proposal"`` (Pathak et al., ICCV 2015: cross-entropy to the constrained
+    proposal, ``proposal_iterations`` dual steps of size ``proposal_lr``, see
+    :func:`~weakseg.constrain.pathak_proposal`). The batch key it reads is ``"bounds"``
+    ``(B, C, 2)``, unless fixed ``bounds``
     (one ``(lo, hi)`` per class, the same for every image; pixels, or fractions with
     ``fraction=True``; ``.inf`` allowed as upper bound) are given here: then it reads nothing
     from the batch (e.g. a known range of the nucleus fraction of histology crops).
@@ -753,10 +799,13 @@ class SizeConstraintLoss(_InequalityLoss):
         num_classes: int | None = None,
         dual_lr: float = 1.0,
         reduction: str = "mean",
+        proposal_iterations: int = 30,
+        proposal_lr: float = 4.0,
         bounds: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__({"size": _slots(num_classes, 2)}, method, t0=t0, t_mult=t_mult,
-                         t_max=t_max, dual_lr=dual_lr, reduction=reduction)
+                         t_max=t_max, dual_lr=dual_lr, reduction=reduction,
+                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr)
         self.fraction = fraction
         self.check = check
         fixed = None
@@ -781,8 +830,10 @@ class SizeConstraintLoss(_InequalityLoss):
             bounds = self.fixed_bounds.to(logits.dtype)
         elif bounds is None:
             raise ValueError("the size loss needs per-image bounds (B, C, 2) or fixed bounds")
-        constraint = size_constraints(logits, bounds, fraction=self.fraction, check=self.check)
-        return self._total({"size": constraint}, _half_pixel(logits))
+        return self._objective(
+            logits, lambda z: {"size": size_constraints(z, bounds, fraction=self.fraction,
+                                                        check=self.check)},
+            _half_pixel(logits))
 
 
 @LOSSES.register("tags", help="image tags: suppress absent, include present classes (C6)")
@@ -806,16 +857,20 @@ class TagConstraintLoss(_InequalityLoss):
         num_classes: int | None = None,
         dual_lr: float = 1.0,
         reduction: str = "mean",
+        proposal_iterations: int = 30,
+        proposal_lr: float = 4.0,
     ) -> None:
         super().__init__({"tags": _slots(num_classes)}, method, t0=t0, t_mult=t_mult,
-                         t_max=t_max, dual_lr=dual_lr, reduction=reduction)
+                         t_max=t_max, dual_lr=dual_lr, reduction=reduction,
+                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr)
         self.min_size = min_size
         self.fraction = fraction
 
     def forward(self, logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-        constraint = tag_constraints(logits, tags, min_size=self.min_size,
-                                     fraction=self.fraction)
-        return self._total({"tags": constraint}, _half_pixel(logits))
+        return self._objective(
+            logits, lambda z: {"tags": tag_constraints(z, tags, min_size=self.min_size,
+                                                       fraction=self.fraction)},
+            _half_pixel(logits))
 
 
 @LOSSES.register("box", help="box priors: empty outside, tight inside, box-size bounds (C7)")
@@ -840,6 +895,8 @@ class BoxConstraintLoss(_InequalityLoss):
         num_classes: int | None = None,
         dual_lr: float = 1.0,
         reduction: str = "mean",
+        proposal_iterations: int = 30,
+        proposal_lr: float = 4.0,
     ) -> None:
         if reduction == "none":
             raise ValueError("BoxConstraintLoss sums three terms: reduction must be "
@@ -847,16 +904,18 @@ class BoxConstraintLoss(_InequalityLoss):
         parts = {"outside": _slots(num_classes), "tightness": _slots(num_classes, 1),
                  "size": _slots(num_classes, 2)}
         super().__init__(parts, method, t0=t0, t_mult=t_mult, t_max=t_max, dual_lr=dual_lr,
-                         reduction=reduction)
+                         reduction=reduction,
+                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr)
         frac = torch.as_tensor(size_fraction, dtype=torch.float64)  # validate now, not mid-run
         _box_fractions(size_fraction, frac.shape[0] if frac.ndim == 2 else 1, frac)
         self.band_width = band_width
         self.size_fraction = size_fraction
 
     def forward(self, logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        constraints = box_constraints(logits, boxes, band_width=self.band_width,
-                                      size_fraction=self.size_fraction)
-        return self._total(constraints, _half_pixel(logits))
+        return self._objective(
+            logits, lambda z: box_constraints(z, boxes, band_width=self.band_width,
+                                              size_fraction=self.size_fraction),
+            _half_pixel(logits))
 
 
 @LOSSES.register("centroid", help="soft centroid of each class within bounds per axis, e.g. "
@@ -886,6 +945,9 @@ class CentroidConstraintLoss(_InequalityLoss):
         reduction: str = "mean",
         bounds: Sequence[Sequence[Sequence[float]]] | None = None,
     ) -> None:
+        if method == "proposal":
+            raise ValueError("method 'proposal' needs constraints affine in the probabilities; "
+                             "the centroid is a ratio: use penalty, log_barrier or lagrangian")
         super().__init__({"centroid": _slots(num_classes, 1, 2)}, method, t0=t0,
                          t_mult=t_mult, t_max=t_max, dual_lr=dual_lr, reduction=reduction)
         self.fraction = fraction
