@@ -28,7 +28,8 @@ RESULTS = REPO / "benchmarks" / "results" / "acdc_constraints"
 DOC = REPO / "docs" / "benchmarks" / "acdc_constraints.md"
 PREFIX = "acdc_constraints_"
 ORDER = ["full", "points_pce", "points_size_penalty", "points_size_logbarrier",
-         "points_size_lagrangian", "points_size_crf", "boxes", "tags_size_crf"]
+         "points_size_lagrangian", "points_size_proposal", "points_size_crf", "boxes",
+         "tags_size_crf"]
 
 
 def _load(name: str) -> dict | None:
