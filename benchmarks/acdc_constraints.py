@@ -140,6 +140,8 @@ that the **selected model's hard prediction** satisfies (bounds built from the v
 tags exactly as in training), computed by the report. s/epoch: median training-pass time with
 1 torch thread, two runs sharing the 2 cores.
 
+![validation overlays: truth and each run](acdc_constraints_overlay.png)
+
 {notes}
 
 ## Commands
@@ -148,6 +150,7 @@ tags exactly as in training), computed by the report. s/epoch: median training-p
 python benchmarks/acdc_constraints.py run {' '.join(runs)} --threads 1   # resumable
 python benchmarks/acdc_constraints.py report {' '.join(runs)} \\
     --notes benchmarks/acdc_constraints_notes.md
+python benchmarks/acdc_constraints.py overlay full points_pce points_size_logbarrier boxes
 ```
 
 ## Machine
@@ -159,6 +162,26 @@ python benchmarks/acdc_constraints.py report {' '.join(runs)} \\
     print(text)
 
 
+def overlay(names: list[str], patients: str) -> None:
+    """Mid-ventricle slices of a few validation volumes: truth and each run's prediction."""
+    from weakseg.data import DATASETS
+    from weakseg.engine.inference import predict_volume
+    from weakseg.engine.trainer import load_model_from_checkpoint
+    from weakseg.report import plot_volume_overlays
+
+    vset = DATASETS.build("acdc_h5", root=REPO.parent / "shared" / "data" / "acdc",
+                          patients=patients)
+    vols = [v for v in vset.volumes if v.key.endswith("frame01")][:4]
+    preds = {}
+    for name in names:
+        if (RESULTS / name / "best.pt").exists():
+            model, ckpt = load_model_from_checkpoint(RESULTS / name / "best.pt")
+            preds[name] = [predict_volume(model, v, size=int(ckpt["size"])) for v in vols]
+    path = plot_volume_overlays(DOC.with_name("acdc_constraints_overlay.png"), vols, preds,
+                                class_names=vset.class_names)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -168,9 +191,15 @@ def main() -> None:
     q = sub.add_parser("report")
     q.add_argument("names", nargs="*", default=ORDER)
     q.add_argument("--notes", default="", help="markdown file with the discussion section")
+    o = sub.add_parser("overlay")
+    o.add_argument("names", nargs="*", default=["full", "points_pce", "points_size_logbarrier",
+                                                "boxes"])
+    o.add_argument("--patients", default="91-100")
     args = p.parse_args()
     if args.cmd == "run":
         run(args.names, args.threads, prefix=PREFIX, results=RESULTS)
+    elif args.cmd == "overlay":
+        overlay(args.names, args.patients)
     else:
         report(args.names, Path(args.notes).read_text() if args.notes else "")
 
