@@ -27,7 +27,7 @@ from acdc_scribbles import REPO, _machine_line, run  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "monuseg"
 DOC = REPO / "docs" / "benchmarks" / "monuseg_points.md"
 PREFIX = "monuseg_"
-ORDER = ["full", "points_pce", "points_crf", "points_size_crf"]
+ORDER = ["full", "points_pce", "points_crf", "points_size", "points_size_crf"]
 
 
 def score(name: str, vols: list) -> dict:
