@@ -150,7 +150,8 @@ tags exactly as in training), computed by the report. s/epoch: median training-p
 python benchmarks/acdc_constraints.py run {' '.join(runs)} --threads 1   # resumable
 python benchmarks/acdc_constraints.py report {' '.join(runs)} \\
     --notes benchmarks/acdc_constraints_notes.md
-python benchmarks/acdc_constraints.py overlay full points_pce points_size_logbarrier boxes
+python benchmarks/acdc_constraints.py overlay full points_pce points_size_logbarrier \\
+    points_size_proposal
 ```
 
 ## Machine
@@ -193,7 +194,7 @@ def main() -> None:
     q.add_argument("--notes", default="", help="markdown file with the discussion section")
     o = sub.add_parser("overlay")
     o.add_argument("names", nargs="*", default=["full", "points_pce", "points_size_logbarrier",
-                                                "boxes"])
+                                                "points_size_proposal"])
     o.add_argument("--patients", default="91-100")
     args = p.parse_args()
     if args.cmd == "run":
