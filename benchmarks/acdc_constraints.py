@@ -122,8 +122,9 @@ annotations are simulated from the full masks with seeded simulators (`configs/{
 
 - **points**: one click per structure and slice (`sim:points`, uniform inside, drawn as a
   radius-2 disc so that it survives the resizing), background included: 0.08 % of the pixels;
-- **boxes**: the tight box of each structure per slice; pixels outside all boxes are labelled
-  background (`sim:outside_boxes`), the boxes enter as priors;
+- **boxes**: the tight box of each structure per slice, as priors (with or without partial CE
+  on the pixels outside all boxes, `sim:outside_boxes`) — no row: every variant collapsed,
+  see "Boxes" below;
 - **tags**: which classes each slice contains, no pixel label (`annotation: none`).
 
 Size bounds (`bounds_from_tags`): `(0, 0)` for the classes a slice's tags say are absent,
