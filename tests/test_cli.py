@@ -164,3 +164,11 @@ def test_demo_small(tmp_path: Path):
     # a second call reuses the finished runs instead of retraining
     run_demo(tmp_path, epochs=1, size=32, progress=False, log=logs.append)
     assert any("reusing" in line for line in logs)
+
+
+def test_set_takes_several_overrides_and_repeats():
+    from weakseg.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--set", "train.epochs=2", "data.size=32", "--set", "train.lr=0.1"])
+    assert args.set == ["train.epochs=2", "data.size=32", "train.lr=0.1"]
