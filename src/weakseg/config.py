@@ -234,8 +234,9 @@ def validate(cfg: Config) -> None:
             f"config 'data.crop' must be a multiple of 16 between 16 and data.size "
             f"({cfg.data.size}), got {crop}"
         )
-    bounds = [p for p in cfg.data.priors if p in ("bounds_from_tags", "bounds_from_boxes",
-                                                   "oracle_bounds")]
+    from weakseg.data.priors import priors_providing
+
+    bounds = [p for p in cfg.data.priors if p in priors_providing("bounds")]
     if crop is not None and bounds:
         raise WeaksegError(
             f"data.priors '{bounds[0]}' gives sizes of whole slices, which a data.crop window "

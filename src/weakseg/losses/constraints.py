@@ -322,15 +322,18 @@ def _band_constraints(
 
 
 def _box_fractions(
-    size_fraction: Sequence[float] | Sequence[Sequence[float]], num_classes: int,
+    size_fraction: Sequence[float] | Sequence[Sequence[float]], num_classes: int | None,
     like: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lo, hi)`` as ``(C,)`` tensors from one pair or ``C`` pairs, checked."""
+    """``(lo, hi)`` as ``(C,)`` tensors from one pair or ``C`` pairs, checked (``C`` taken
+    from ``size_fraction`` itself when ``num_classes`` is None)."""
     try:
         frac = torch.as_tensor(size_fraction, dtype=torch.float64)
     except (TypeError, ValueError) as err:
         raise ValueError(f"size_fraction must be (lo, hi) or C such pairs, got "
                          f"{size_fraction!r}") from err
+    if num_classes is None:
+        num_classes = frac.shape[0] if frac.ndim == 2 else 1
     if frac.shape == (2,):
         frac = frac.expand(num_classes, 2)
     if frac.shape != (num_classes, 2):
@@ -712,23 +715,24 @@ class _InequalityLoss(nn.Module):
     def _objective(
         self,
         logits: torch.Tensor,
-        make: Callable[[torch.Tensor], dict[str, Constraint]],
+        constraints: dict[str, Constraint],
+        again: Callable[[torch.Tensor], dict[str, Constraint]],
         tol: float,
     ) -> torch.Tensor:
-        """The loss of the constraints ``make(logits)`` by the configured method.
+        """The loss of ``constraints`` (those of ``logits``) by the configured method.
 
         ``"proposal"`` (Pathak et al., ICCV 2015): the constrained proposal ``P`` closest to
         the prediction in KL (:func:`~weakseg.constrain.pathak_proposal`, the constraints must
-        be affine in the probabilities) becomes a soft target,
+        be affine in the probabilities; ``again`` re-evaluates them for other log-probabilities,
+        without re-checking the inputs) becomes a soft target,
         ``mean_p −Σ_c P_p^c log s_p^c``; the others go through :meth:`_total`.
         """
         if self.method != "proposal":
-            return self._total(make(logits), tol)
-        with torch.no_grad():
-            self.last_stats = _violation_stats(make(logits.detach()), tol)
+            return self._total(constraints, tol)
+        self.last_stats = _violation_stats(constraints, tol)
 
         def flat_g(z: torch.Tensor) -> torch.Tensor:
-            return torch.cat([c.g.flatten(1) for c in make(z).values()], dim=1)
+            return torch.cat([c.g.flatten(1) for c in again(z).values()], dim=1)
 
         proposal = pathak_proposal(logits, flat_g, iterations=self.proposal_iterations,
                                    lr=self.proposal_lr)
@@ -761,6 +765,20 @@ def _violation_stats(constraints: dict[str, Constraint], tol: float) -> dict[str
 def _half_pixel(logits: torch.Tensor) -> float:
     """Half a pixel as a fraction of the image: the tolerance of the violation counts."""
     return 0.5 / _num_pixels(logits)
+
+
+def _fixed_bounds(bounds: object, ndim: int, expected: str) -> torch.Tensor:
+    """Fixed per-class bounds from a config as a float tensor: ``(C, 2)`` (``ndim=2``) or
+    ``(C, D, 2)`` with 1-3 axes (``ndim=3``), ``C >= 2``; ``expected`` names the shape in the
+    error message."""
+    try:
+        fixed = torch.as_tensor(bounds, dtype=torch.float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bounds must be {expected} nested lists, got {bounds!r}") from err
+    if fixed.ndim != ndim or fixed.shape[-1] != 2 or fixed.shape[0] < 2 or (
+            ndim == 3 and not 1 <= fixed.shape[1] <= 3):
+        raise ValueError(f"bounds must have shape {expected}, got shape {tuple(fixed.shape)}")
+    return fixed
 
 
 def _slots(num_classes: int | None, *tail: int) -> tuple[int, ...]:
@@ -810,13 +828,7 @@ class SizeConstraintLoss(_InequalityLoss):
         self.check = check
         fixed = None
         if bounds is not None:
-            try:
-                fixed = torch.as_tensor(bounds, dtype=torch.float)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"bounds must be C pairs (lo, hi), got {bounds!r}") from err
-            if fixed.ndim != 2 or fixed.shape[1] != 2 or fixed.shape[0] < 2:
-                raise ValueError(f"bounds must be C >= 2 pairs (lo, hi), one per class, got "
-                                 f"shape {tuple(fixed.shape)}")
+            fixed = _fixed_bounds(bounds, 2, "(C, 2): one (lo, hi) per class")
             check_size_bounds(fixed[None], 1 if fraction else 2**62, fraction=fraction,
                               what="size loss bounds")
             self.inputs = ()
@@ -830,9 +842,11 @@ class SizeConstraintLoss(_InequalityLoss):
             bounds = self.fixed_bounds.to(logits.dtype)
         elif bounds is None:
             raise ValueError("the size loss needs per-image bounds (B, C, 2) or fixed bounds")
+        first = {"size": size_constraints(logits, bounds, fraction=self.fraction,
+                                          check=self.check)}
         return self._objective(
-            logits, lambda z: {"size": size_constraints(z, bounds, fraction=self.fraction,
-                                                        check=self.check)},
+            logits, first,
+            lambda z: {"size": size_constraints(z, bounds, fraction=self.fraction, check=False)},
             _half_pixel(logits))
 
 
@@ -867,10 +881,11 @@ class TagConstraintLoss(_InequalityLoss):
         self.fraction = fraction
 
     def forward(self, logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-        return self._objective(
-            logits, lambda z: {"tags": tag_constraints(z, tags, min_size=self.min_size,
-                                                       fraction=self.fraction)},
-            _half_pixel(logits))
+        def make(z: torch.Tensor) -> dict[str, Constraint]:
+            return {"tags": tag_constraints(z, tags, min_size=self.min_size,
+                                            fraction=self.fraction)}
+
+        return self._objective(logits, make(logits), make, _half_pixel(logits))
 
 
 @LOSSES.register("box", help="box priors: empty outside, tight inside, box-size bounds (C7)")
@@ -906,16 +921,16 @@ class BoxConstraintLoss(_InequalityLoss):
         super().__init__(parts, method, t0=t0, t_mult=t_mult, t_max=t_max, dual_lr=dual_lr,
                          reduction=reduction,
                          proposal_iterations=proposal_iterations, proposal_lr=proposal_lr)
-        frac = torch.as_tensor(size_fraction, dtype=torch.float64)  # validate now, not mid-run
-        _box_fractions(size_fraction, frac.shape[0] if frac.ndim == 2 else 1, frac)
+        _box_fractions(size_fraction, None, torch.zeros(()))  # validate now, not mid-run
         self.band_width = band_width
         self.size_fraction = size_fraction
 
     def forward(self, logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        return self._objective(
-            logits, lambda z: box_constraints(z, boxes, band_width=self.band_width,
-                                              size_fraction=self.size_fraction),
-            _half_pixel(logits))
+        def make(z: torch.Tensor) -> dict[str, Constraint]:
+            return box_constraints(z, boxes, band_width=self.band_width,
+                                   size_fraction=self.size_fraction)
+
+        return self._objective(logits, make(logits), make, _half_pixel(logits))
 
 
 @LOSSES.register("centroid", help="soft centroid of each class within bounds per axis, e.g. "
@@ -954,13 +969,7 @@ class CentroidConstraintLoss(_InequalityLoss):
         self.check = check
         fixed = None
         if bounds is not None:
-            try:
-                fixed = torch.as_tensor(bounds, dtype=torch.float)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"bounds must be (C, D, 2) nested lists, got {bounds!r}") from err
-            if fixed.ndim != 3 or fixed.shape[2] != 2 or not 1 <= fixed.shape[1] <= 3:
-                raise ValueError("bounds must have shape (C, D, 2): one (lo, hi) per class and "
-                                 f"spatial axis, got shape {tuple(fixed.shape)}")
+            fixed = _fixed_bounds(bounds, 3, "(C, D, 2): one (lo, hi) per class and spatial axis")
             if bool((torch.isnan(fixed).any(-1) | (fixed[..., 0] > fixed[..., 1])).any()):
                 raise ValueError(f"centroid bounds must satisfy lo <= hi, got {fixed.tolist()}")
             self.inputs = ()
