@@ -307,9 +307,14 @@ def test_staged_key_encoding_matches_fast_path(
     """Key ranges too large for one int64 code fall back to an exact staged encoding."""
     seg, feats = case_5d(sxy=3.0, srgb=0.1, seed=13)
     fast = dense_gaussian_permutohedral(seg, feats)
+    fast_ring = dense_gaussian_permutohedral(seg, feats, neighbours=1)
     monkeypatch.setattr(perm_mod, "_MAX_CODE", max_code)
     staged = dense_gaussian_permutohedral(seg, feats)
     torch.testing.assert_close(staged, fast, rtol=1e-12, atol=1e-12)
+    # the added neighbour ring too: same lattice, same result
+    staged_ring = dense_gaussian_permutohedral(seg, feats, neighbours=1)
+    torch.testing.assert_close(staged_ring, fast_ring, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(fast_ring, fast)
 
 
 def test_input_validation() -> None:

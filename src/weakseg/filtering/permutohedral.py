@@ -306,18 +306,25 @@ class _Lattice:
             bidx = torch.arange(bsz, device=dev, dtype=torch.int64).repeat_interleave(npix * d1)
             keys = torch.cat([bidx[:, None], keys.reshape(-1, d)], dim=1)  # (P*(d+1), 1+d)
             kept = ~pruned.reshape(-1)
-            key_table = _KeyTable(keys[kept], pad=d1)
+            vertices = keys[kept]
             del keys
+            # lattice step u_j as a key row (the batch column does not move)
+            steps = torch.ones(d1, 1 + d, dtype=torch.int64, device=dev)
+            steps[:, 0] = 0
+            steps[torch.arange(d, device=dev), 1 + torch.arange(d, device=dev)] = -d
+            rows = vertices
+            for _ in range(ring):  # add the neighbours of every lattice point
+                rows = torch.unique(rows, dim=0)
+                rows = torch.cat([rows, (rows[:, None] + steps).reshape(-1, 1 + d),
+                                  (rows[:, None] - steps).reshape(-1, 1 + d)])
+            key_table = _KeyTable(rows, pad=d1)
             self.size = key_table.size
             inverse = torch.full(kept.shape, self.size, dtype=torch.int64, device=dev)
-            inverse[kept] = key_table.inverse
+            inverse[kept] = key_table.inverse if ring == 0 else key_table.lookup(vertices)[0]
+            del rows, vertices
 
             def shifted(j: int) -> tuple[Tensor, Tensor]:
-                delta = torch.ones(1 + d, dtype=torch.int64, device=dev)
-                delta[0] = 0  # batch column
-                if j < d:
-                    delta[1 + j] = -d
-                return key_table.lookup_shifted(delta)
+                return key_table.lookup_shifted(steps[j])
 
         self.index = inverse.reshape(bsz * npix, d1).T.contiguous()  # (d+1, P) lattice indices
 
