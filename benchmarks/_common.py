@@ -1,13 +1,16 @@
-"""Helpers shared by the benchmark scripts: machine description and markdown tables."""
+"""Helpers shared by the benchmark scripts: machine description, markdown tables, and the
+run / report / overlay command line of the training benchmarks."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["machine", "md_table", "median"]
+__all__ = ["bench_main", "machine", "md_table", "median"]
 
 
 def machine() -> str:
@@ -26,3 +29,37 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bench_main(
+    description: str,
+    *,
+    run: Callable[[list[str], int], None],
+    report: Callable[[list[str], str], None],
+    report_names: Sequence[str],
+    overlay: Callable[[list[str], str], None] | None = None,
+    overlay_names: Sequence[str] = (),
+) -> None:
+    """``run NAMES [--threads N]``, ``report [NAMES] [--notes FILE]`` and, when ``overlay``
+    is given, ``overlay [NAMES] [--patients SPEC]``: the command line of a training
+    benchmark script."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("names", nargs="+")
+    r.add_argument("--threads", type=int, default=2)
+    q = sub.add_parser("report")
+    q.add_argument("names", nargs="*", default=list(report_names))
+    q.add_argument("--notes", default="", help="markdown file with the discussion section")
+    if overlay is not None:
+        o = sub.add_parser("overlay")
+        o.add_argument("names", nargs="*", default=list(overlay_names))
+        o.add_argument("--patients", default="91-100")
+    args = p.parse_args()
+    if args.cmd == "run":
+        run(args.names, args.threads)
+    elif args.cmd == "overlay" and overlay is not None:
+        overlay(args.names, args.patients)
+    else:
+        report(args.names, Path(args.notes).read_text() if args.notes else "")

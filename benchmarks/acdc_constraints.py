@@ -13,7 +13,6 @@ slices (size bounds from the validation tags and the training-set statistics, as
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import json
@@ -21,8 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, median  # noqa: E402
+from _common import bench_main, md_table, median  # noqa: E402
 from acdc_scribbles import CLASSES, REPO, _machine_line, run  # noqa: E402
+from acdc_scribbles import overlay as _overlay  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "acdc_constraints"
 DOC = REPO / "docs" / "benchmarks" / "acdc_constraints.md"
@@ -166,44 +166,16 @@ python benchmarks/acdc_constraints.py overlay full points_pce points_size_logbar
 
 def overlay(names: list[str], patients: str) -> None:
     """Mid-ventricle slices of a few validation volumes: truth and each run's prediction."""
-    from weakseg.data import DATASETS
-    from weakseg.engine.inference import predict_volume
-    from weakseg.engine.trainer import load_model_from_checkpoint
-    from weakseg.report import plot_volume_overlays
-
-    vset = DATASETS.build("acdc_h5", root=REPO.parent / "shared" / "data" / "acdc",
-                          patients=patients)
-    vols = [v for v in vset.volumes if v.key.endswith("frame01")][:4]
-    preds = {}
-    for name in names:
-        if (RESULTS / name / "best.pt").exists():
-            model, ckpt = load_model_from_checkpoint(RESULTS / name / "best.pt")
-            preds[name] = [predict_volume(model, v, size=int(ckpt["size"])) for v in vols]
-    path = plot_volume_overlays(DOC.with_name("acdc_constraints_overlay.png"), vols, preds,
-                                class_names=vset.class_names)
-    print(f"wrote {path}")
+    _overlay(names, patients, results=RESULTS,
+             path=DOC.with_name("acdc_constraints_overlay.png"), annotation=None)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("names", nargs="+")
-    r.add_argument("--threads", type=int, default=2)
-    q = sub.add_parser("report")
-    q.add_argument("names", nargs="*", default=ORDER)
-    q.add_argument("--notes", default="", help="markdown file with the discussion section")
-    o = sub.add_parser("overlay")
-    o.add_argument("names", nargs="*", default=["full", "points_pce", "points_size_logbarrier",
-                                                "points_size_proposal"])
-    o.add_argument("--patients", default="91-100")
-    args = p.parse_args()
-    if args.cmd == "run":
-        run(args.names, args.threads, prefix=PREFIX, results=RESULTS)
-    elif args.cmd == "overlay":
-        overlay(args.names, args.patients)
-    else:
-        report(args.names, Path(args.notes).read_text() if args.notes else "")
+    bench_main(__doc__, run=lambda names, threads: run(names, threads, prefix=PREFIX,
+                                                       results=RESULTS),
+               report=report, report_names=ORDER, overlay=overlay,
+               overlay_names=["full", "points_pce", "points_size_logbarrier",
+                              "points_size_proposal"])
 
 
 if __name__ == "__main__":

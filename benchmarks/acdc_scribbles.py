@@ -12,7 +12,6 @@ The report reads each run's summary.json and log.csv; it never trains.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import json
@@ -21,11 +20,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, median  # noqa: E402
+from _common import bench_main, md_table, median  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "acdc"
 DOC = REPO / "docs" / "benchmarks" / "acdc_scribbles.md"
+OVERLAY = DOC.with_name("acdc_overlay.png")
 CLASSES = ["RV", "Myo", "LV"]
 
 
@@ -129,8 +129,10 @@ python benchmarks/acdc_scribbles.py overlay full scribbles_pce \
     print(text)
 
 
-def overlay(names: list[str], patients: str) -> None:
-    """Mid-ventricle slices of a few validation volumes: scribbles, truth, each run."""
+def overlay(names: list[str], patients: str, *, results: Path = RESULTS,
+            path: Path = OVERLAY,
+            annotation: str | None = "scribble") -> None:
+    """Mid-ventricle slices of a few validation volumes: [scribbles], truth, each run."""
     from weakseg.data import DATASETS
     from weakseg.engine.inference import predict_volume
     from weakseg.engine.trainer import load_model_from_checkpoint
@@ -141,11 +143,11 @@ def overlay(names: list[str], patients: str) -> None:
     vols = [v for v in vset.volumes if v.key.endswith("frame01")][:4]
     preds = {}
     for name in names:
-        if (RESULTS / name / "best.pt").exists():
-            model, ckpt = load_model_from_checkpoint(RESULTS / name / "best.pt")
+        if (results / name / "best.pt").exists():
+            model, ckpt = load_model_from_checkpoint(results / name / "best.pt")
             preds[name] = [predict_volume(model, v, size=int(ckpt["size"])) for v in vols]
-    path = plot_volume_overlays(DOC.with_name("acdc_overlay.png"), vols, preds,
-                                class_names=vset.class_names, annotation="scribble")
+    plot_volume_overlays(path, vols, preds, class_names=vset.class_names,
+                         annotation=annotation)
     print(f"wrote {path}")
 
 
@@ -156,25 +158,8 @@ def _machine_line() -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("names", nargs="+")
-    r.add_argument("--threads", type=int, default=2)
-    q = sub.add_parser("report")
-    q.add_argument("names", nargs="*", default=["full", "scribbles_pce"])
-    q.add_argument("--notes", default="", help="markdown file with the discussion section")
-    o = sub.add_parser("overlay")
-    o.add_argument("names", nargs="*", default=["full", "scribbles_pce"])
-    o.add_argument("--patients", default="91-100")
-    args = p.parse_args()
-    if args.cmd == "run":
-        run(args.names, args.threads)
-    elif args.cmd == "overlay":
-        overlay(args.names, args.patients)
-    else:
-        notes = Path(args.notes).read_text() if args.notes else ""
-        report(args.names, notes)
+    bench_main(__doc__, run=run, report=report, report_names=["full", "scribbles_pce"],
+               overlay=overlay, overlay_names=["full", "scribbles_pce"])
 
 
 if __name__ == "__main__":

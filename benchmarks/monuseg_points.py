@@ -13,7 +13,6 @@ class), precision, recall and AJI (connected components of the prediction as ins
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import json
@@ -21,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, median  # noqa: E402
+from _common import bench_main, md_table, median  # noqa: E402
 from acdc_scribbles import REPO, _machine_line, run  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "monuseg"
@@ -132,19 +131,9 @@ python benchmarks/monuseg_points.py report {' '.join(runs)} --notes benchmarks/m
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("names", nargs="+")
-    r.add_argument("--threads", type=int, default=2)
-    q = sub.add_parser("report")
-    q.add_argument("names", nargs="*", default=ORDER)
-    q.add_argument("--notes", default="", help="markdown file with the discussion section")
-    args = p.parse_args()
-    if args.cmd == "run":
-        run(args.names, args.threads, prefix=PREFIX, results=RESULTS)
-    else:
-        report(args.names, Path(args.notes).read_text() if args.notes else "")
+    bench_main(__doc__, run=lambda names, threads: run(names, threads, prefix=PREFIX,
+                                                       results=RESULTS),
+               report=report, report_names=ORDER)
 
 
 if __name__ == "__main__":
