@@ -31,15 +31,22 @@ CLASSES = ["RV", "Myo", "LV"]
 
 def run(names: list[str], threads: int, *, prefix: str = "acdc_",
         results: Path = RESULTS) -> None:
-    """Train ``configs/<prefix><name>.yaml`` into ``results/<name>`` for each name (resumable)."""
+    """Train ``configs/<prefix><name>.yaml`` into ``results/<name>`` for each name (resumable).
+
+    ``<name>@<seed>`` trains the same config with ``train.seed=<seed>`` (the weak labels keep
+    their own seed) into ``results/<name>@<seed>``: the seed spread of a row.
+    """
     for name in names:
-        cfg = REPO / "configs" / f"{prefix}{name}.yaml"
+        base, _, seed = name.partition("@")
+        cfg = REPO / "configs" / f"{prefix}{base}.yaml"
         out = results / name
         if (out / "summary.json").exists():
             print(f"{name}: done already")
             continue
         cmd = [sys.executable, "-m", "weakseg.cli", "train", "--config", str(cfg), "--out",
                str(out), "--resume", "--quiet", "--set", f"train.threads={threads}"]
+        if seed:
+            cmd.append(f"train.seed={int(seed)}")
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=REPO)
 

@@ -265,6 +265,35 @@ def test_constraint_objective_lagrangian_updates_in_training_only():
         ConstraintObjective("hinge")
 
 
+def test_constraint_objective_per_image_multipliers_grow_update_and_restore():
+    objective = ConstraintObjective("lagrangian", slots=(2,), dual_lr=1.0, per_image=True,
+                                    reduction="sum")
+    assert objective.multipliers.lam.shape == (0, 2)
+    g = torch.tensor([[0.5, -0.2], [0.3, float("-inf")]], requires_grad=True)
+    assert float(objective(g, index=torch.tensor([4, 1])).detach()) == 0.0  # new rows: 0
+    expected = torch.zeros(5, 2)
+    expected[4] = torch.tensor([0.5, 0.0])
+    expected[1] = torch.tensor([0.3, 0.0])  # inactive entry: unchanged
+    assert torch.allclose(objective.multipliers.lam, expected)
+    value = objective(g, index=torch.tensor([4, 1]))  # now λ[index] · g
+    value.backward()
+    assert torch.allclose(value, torch.tensor(0.5 * 0.5 + 0.3 * 0.3))
+    assert torch.allclose(g.grad, expected[[4, 1]])  # d(λ·g)/dg = λ
+    assert bool((objective.multipliers.lam >= 0).all())
+    restored = ConstraintObjective("lagrangian", slots=(2,), per_image=True)
+    restored.load_state_dict(objective.state_dict())  # grows to the checkpoint's images
+    assert torch.equal(restored.multipliers.lam, objective.multipliers.lam)
+    before = objective.multipliers.lam.clone()
+    objective.eval()
+    assert float(objective(g, index=torch.tensor([4, 1])).detach()) == 0.0
+    assert torch.equal(objective.multipliers.lam, before)  # no dual step in eval
+    objective.train()
+    with pytest.raises(ValueError, match="index"):
+        objective(g)
+    with pytest.raises(ValueError, match="lagrangian"):
+        ConstraintObjective("log_barrier", per_image=True)
+
+
 # -------------------------------------------------------------------- Pathak proposal
 
 

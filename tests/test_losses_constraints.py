@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weakseg.constrain import apply
+from weakseg.constrain import apply, log_barrier_extension
 from weakseg.errors import WeaksegError
 from weakseg.losses.constraints import (
     AreaBySortingLoss,
@@ -22,6 +22,7 @@ from weakseg.losses.constraints import (
     TagConstraintLoss,
     area_by_sorting,
     box_constraints,
+    box_emptiness_ce,
     centroid_constraints,
     size_constraints,
     size_equality_kl,
@@ -232,7 +233,7 @@ def test_box_size_bounds_and_errors():
     boxes = _box_mask(shape, 1, [(0, 4), (0, 5)])  # area 20
     logits = _logits(shape, 4)
     g = box_constraints(logits, boxes, size_fraction=(0.5, 0.9))["size"].g
-    v = soft_size(logits)[0, 1]
+    v = (logits.softmax(1)[0, 1] * boxes[0, 1]).sum()  # the mass inside the box
     assert torch.allclose(g[0, 1], torch.stack([10 - v, v - 18]) / 64)
     with pytest.raises(ValueError, match="band_width"):
         box_constraints(logits, boxes, band_width=0)
@@ -247,7 +248,7 @@ def test_box_size_fraction_per_class():
     boxes = _box_mask(shape, 1, [(0, 4), (0, 5)]) | _box_mask(shape, 2, [(4, 8), (0, 8)])
     logits = _logits(shape, 5)
     g = box_constraints(logits, boxes, size_fraction=[(0, 1), (0.2, 0.4), (0.5, 0.9)])["size"].g
-    v = soft_size(logits)[0]
+    v = (logits.softmax(1) * boxes).sum((2, 3))[0]  # the mass inside each box
     assert torch.allclose(g[0, 1], torch.stack([0.2 * 20 - v[1], v[1] - 0.4 * 20]) / 64)
     assert torch.allclose(g[0, 2], torch.stack([0.5 * 32 - v[2], v[2] - 0.9 * 32]) / 64)
     with pytest.raises(ValueError, match="3 \\(lo, hi\\) pairs"):
@@ -280,6 +281,80 @@ def test_box_module_sums_the_three_terms():
     assert (lagrangian.objectives["tightness"].multipliers.lam[1] > 0).all()
     with pytest.raises(ValueError, match="reduction"):
         BoxConstraintLoss(reduction="none")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_box_emptiness_ce_matches_loop_reference(shape):
+    b, c = shape[:2]
+    logits = _logits(shape, 7, dtype=torch.float64, requires_grad=True)
+    gen = torch.Generator().manual_seed(1)
+    boxes = torch.rand(shape, generator=gen) < 0.4
+    loss = box_emptiness_ce(logits, boxes, background=1)
+    probs = logits.softmax(1).detach()
+    flat_p, flat_box = probs.movedim(1, -1).reshape(-1, c), boxes.movedim(1, -1).reshape(-1, c)
+    terms = []
+    for p, allowed in zip(flat_p, flat_box, strict=True):
+        allowed = allowed.clone()
+        allowed[1] = True  # the background class is allowed everywhere
+        terms.append(-torch.log(p[allowed].sum()))
+    assert torch.allclose(loss.detach(), torch.stack(terms).mean())
+    loss.backward()
+    everything = boxes.clone()
+    everything[:, 1] = True
+    free = everything.all(1, keepdim=True).expand(shape)  # every class allowed: no gradient
+    assert free.any() and (logits.grad[free].abs() < 1e-12).all()
+    assert (logits.grad[~free] != 0).any()
+    assert box_emptiness_ce(logits, boxes, background=1, reduction="none").shape == \
+        (b, *shape[2:])
+
+
+def test_box_emptiness_ce_vanishes_on_a_prediction_inside_the_boxes():
+    shape = (1, 3, 8, 8)
+    boxes = _box_mask(shape, 1, [(1, 5), (1, 5)]) | _box_mask(shape, 2, [(3, 8), (3, 8)])
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 2:4, 2:4] = 1
+    labels[0, 5:7, 5:7] = 2
+    assert float(box_emptiness_ce(_onehot_logits(labels, 3, scale=40.0), boxes)) < 1e-12
+    labels[0, 0, 0] = 2  # class 2 outside its box
+    assert float(box_emptiness_ce(_onehot_logits(labels, 3, scale=40.0), boxes)) > 0.5
+    with pytest.raises(ValueError, match="background class 3"):
+        box_emptiness_ce(_logits(shape), boxes, background=3)
+    with pytest.raises(ValueError, match="bool"):
+        box_emptiness_ce(_logits(shape), boxes.float())
+
+
+def test_box_module_ce_emptiness_and_pixel_units():
+    shape = (2, 3, 8, 8)
+    boxes = _box_mask(shape, 1, [(1, 5), (2, 6)]) | _box_mask(shape, 2, [(4, 8), (0, 8)])
+    logits = _logits(shape, 8)
+    module = BoxConstraintLoss("log_barrier", emptiness="ce", units="pixels", t0=5.0,
+                               size_fraction=(0.2, 0.9))
+    parts = box_constraints(logits, boxes, size_fraction=(0.2, 0.9))
+    expected = box_emptiness_ce(logits, boxes) + sum(
+        apply("log_barrier", parts[name].g * 64, t=5.0) for name in ("tightness", "size"))
+    assert torch.allclose(module(logits, boxes), expected)
+    assert set(module.last_stats) == {"violated", "outside_violated", "tightness_violated",
+                                      "size_violated"}
+    assert float(module.last_stats["outside_violated"]) == 1.0  # soft mass is never 0
+    with pytest.raises(ValueError, match="emptiness"):
+        BoxConstraintLoss(emptiness="hard")
+    with pytest.raises(ValueError, match="background"):
+        BoxConstraintLoss(background=-1)
+    with pytest.raises(ValueError, match="units"):
+        BoxConstraintLoss(units="voxels")
+
+
+def test_size_loss_pixel_units_scale_the_barrier():
+    logits = _logits((2, 3, 6, 5), 9)
+    bounds = torch.tensor([[0.0, 30.0], [5.0, 12.0], [0.0, 0.0]]).expand(2, 3, 2)
+    g = size_constraints(logits, bounds)
+    fraction = SizeConstraintLoss("log_barrier", t0=5.0)(logits, bounds)
+    pixels = SizeConstraintLoss("log_barrier", t0=5.0, units="pixels")(logits, bounds)
+    assert torch.allclose(fraction, apply("log_barrier", g.g, t=5.0))
+    assert torch.allclose(pixels, apply("log_barrier", g.g * 30, t=5.0))
+    # in pixels, a constraint with 1 pixel of slack is on the barrier's log branch
+    assert float(log_barrier_extension(torch.tensor(-1.0), 5.0)) == 0.0
+    assert not torch.allclose(fraction, pixels)
 
 
 # --------------------------------------------------------------------- centroid

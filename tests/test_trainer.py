@@ -107,14 +107,16 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path):
     assert [r["train_total"] for r in rows] == [r["train_total"] for r in ref_rows]
 
 
-def _constrained_config(epochs: int, priors: list[str] | None = None) -> dict:
+def _constrained_config(epochs: int, priors: list[str] | None = None,
+                        per_image: bool = False) -> dict:
     """Points on the phantom with log-barrier tags and a Lagrangian size constraint."""
     raw = tiny_config(train__epochs=epochs)
     raw["data"].update(annotation="sim:points", priors=priors or ["tags", "bounds_from_tags"])
     raw["loss"] = [
         {"name": "partial_ce", "weight": 1.0},
         {"name": "size", "weight": 1.0,
-         "params": {"method": "lagrangian", "num_classes": 4, "dual_lr": 0.5}},
+         "params": {"method": "lagrangian", "num_classes": 4, "dual_lr": 0.5,
+                    "per_image": per_image}},
         {"name": "tags", "weight": 0.5,
          "params": {"method": "log_barrier", "t0": 2.0, "t_mult": 1.5}},
     ]
@@ -128,9 +130,11 @@ def _same_recipe_state(a: dict, b: dict) -> bool:
                for k in a)
 
 
-def test_resume_keeps_log_barrier_t_and_lagrange_multipliers(tmp_path: Path):
-    """Stopped after epoch 2 and resumed = uninterrupted: weights and constraint state."""
-    cfg = config_from_dict(_constrained_config(epochs=4))
+@pytest.mark.parametrize("per_image", [False, True])
+def test_resume_keeps_log_barrier_t_and_lagrange_multipliers(tmp_path: Path, per_image: bool):
+    """Stopped after epoch 2 and resumed = uninterrupted: weights and constraint state
+    (class-shared or per-image multipliers)."""
+    cfg = config_from_dict(_constrained_config(epochs=4, per_image=per_image))
     train(cfg, tmp_path / "ref", progress=False, log=lambda s: None)
     train(cfg, tmp_path / "cut", progress=False, log=lambda s: None, stop_after_epoch=2)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
@@ -144,7 +148,11 @@ def test_resume_keeps_log_barrier_t_and_lagrange_multipliers(tmp_path: Path):
     schedule = ref["recipe"]["losses.2.objectives.tags._extra_state"]["schedule"]
     assert schedule["epoch"] == 4 and schedule["t"] == pytest.approx(2.0 * 1.5**4)
     lam = ref["recipe"]["losses.1.objectives.size.multipliers.lam"]
-    assert lam.shape == (4, 2) and (lam > 0).any()
+    if per_image:  # one (4, 2) set per training slice seen, several of them moved
+        assert lam.ndim == 3 and lam.shape[1:] == (4, 2) and lam.shape[0] > 1
+        assert int((lam > 0).any(-1).any(-1).sum()) > 1
+    else:
+        assert lam.shape == (4, 2) and (lam > 0).any()
     rows = list(csv.DictReader(open(tmp_path / "cut" / "log.csv")))
     ref_rows = list(csv.DictReader(open(tmp_path / "ref" / "log.csv")))
     assert {"train_size", "train_size_violated", "train_tags", "train_tags_violated"} <= set(

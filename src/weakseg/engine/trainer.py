@@ -176,7 +176,8 @@ def train_one_epoch(
     as needed, for small sets of large images); ``max_steps`` caps it. ``crop`` takes a
     random ``crop × crop`` window of every sample (image, target and spatial priors alike).
 
-    The batches carry ``image``, ``target`` and every entry of ``data.extras`` (priors),
+    The batches carry ``image``, ``target``, ``index`` (the samples' positions in ``data``,
+    for per-image Lagrange multipliers) and every entry of ``data.extras`` (priors),
     augmented alike. The mean of every diagnostic in ``recipe.last_stats`` is returned too
     (e.g. ``size_violated``). Schedules are not advanced here: call ``recipe.epoch_step()``
     after the epoch.
@@ -210,7 +211,7 @@ def train_one_epoch(
                 x, y, extras = augment_batch(x, y, gen, extras)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             batch = {k: v.to(device, non_blocking=True) for k, v in extras.items()}
-            batch.update(image=x, target=y)
+            batch.update(image=x, target=y, index=idx.to(device))
             logits = model(x)
             total, parts = recipe(logits, batch)
             if not torch.isfinite(total):
@@ -269,7 +270,8 @@ def constraint_stats(
         for i in range(0, len(data), batch_size):
             sl = slice(i, i + batch_size)
             batch = {k: v[sl].to(device) for k, v in data.extras.items()}
-            batch.update(image=data.images[sl].to(device), target=data.targets[sl].to(device))
+            batch.update(image=data.images[sl].to(device), target=data.targets[sl].to(device),
+                         index=torch.arange(i, min(i + batch_size, len(data)), device=device))
             recipe(model(batch["image"]), batch)
             n = batch["image"].shape[0]
             for k, v in recipe.last_stats.items():

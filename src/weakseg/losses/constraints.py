@@ -65,6 +65,7 @@ __all__ = [
     "TagConstraintLoss",
     "area_by_sorting",
     "box_constraints",
+    "box_emptiness_ce",
     "centroid_constraints",
     "check_size_bounds",
     "size_constraints",
@@ -75,6 +76,10 @@ __all__ = [
 ]
 
 AREA_ACTIVATIONS = ("softmax", "sigmoid", "none")
+#: Scales of the constraint values fed to the objectives (see :class:`SizeConstraintLoss`).
+UNITS = ("fraction", "pixels")
+#: Forms of the box emptiness prior (see :class:`BoxConstraintLoss`).
+EMPTINESS = ("mass", "ce")
 EQUALITY_KINDS = ("l2", "kl")
 
 
@@ -363,7 +368,13 @@ def box_constraints(
             \quad (\text{nothing outside the box}) \\
         g^{tight}_{c,l} &= \bigl(w - \textstyle\sum_{p \in B_c \cap S_l} s_p^c\bigr) / |\Omega|
             \quad (\text{every band } S_l \text{ of } w \text{ rows/columns crossing it}) \\
-        g^{size}_c &= \bigl[\,\mathrm{lo}\,|B_c| - V_c,\ V_c - \mathrm{hi}\,|B_c|\,\bigr] / |\Omega|
+        g^{size}_c &= \bigl[\,\mathrm{lo}\,|B_c| - V^{in}_c,\ V^{in}_c - \mathrm{hi}\,|B_c|\,\bigr]
+            / |\Omega|, \quad V^{in}_c = \textstyle\sum_{p \in B_c} s_p^c
+
+    The box-size bounds are on the mass *inside* the box: the mass outside is the emptiness
+    term's, and an upper bound on the whole-image size would also push down every pixel of
+    the image — at initialisation (``s ≈ 1/C`` everywhere) by a violation of thousands of
+    pixels, which drove ACDC training into an all-background, saturated softmax.
 
     Bands are the consecutive, non-overlapping slabs of ``band_width`` slices perpendicular to
     each spatial axis, starting at the box's first slice; a last slab narrower than
@@ -419,8 +430,8 @@ def box_constraints(
     probs = logits.softmax(1)
     inside = probs * boxes
     has_box = boxes.flatten(2).any(-1)                                        # (B, C)
-    size = probs.sum(dims)
-    outside = (size - inside.sum(dims)) / total
+    size = inside.sum(dims)                                   # mass inside the box
+    outside = (probs.sum(dims) - size) / total
     area = boxes.sum(dims).to(logits.dtype)
     size_g = torch.stack([lo * area - size, size - hi * area], dim=-1) / total  # lo, hi: (C,)
     size_active = has_box.unsqueeze(-1).expand(size_g.shape)
@@ -429,6 +440,65 @@ def box_constraints(
         "tightness": _band_constraints(inside, boxes, band_width, total),
         "size": Constraint(torch.where(size_active, size_g, float("-inf")), size_active),
     }
+
+
+def box_emptiness_ce(
+    logits: torch.Tensor, boxes_mask: torch.Tensor, *, background: int = 0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Per-pixel emptiness of the boxes (C7): each pixel may only hold the classes allowed there.
+
+    With :math:`A_p` the classes allowed at pixel :math:`p` — the ``background`` class, and
+    every class :math:`c` whose box :math:`B_c` covers :math:`p`:
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{|\Omega|} \sum_{p \in \Omega}
+            -\log \sum_{k \in A_p} s_p^k
+
+    Outside every box this is the cross-entropy of the background label; inside a box it
+    only forbids the classes whose boxes do not cover the pixel (0 where every class is
+    allowed). It is the pixel-wise version of "no mass of class c outside its box",
+    :math:`\sum_{p \notin B_c} s_p^c \le 0`, which a softmax can approach but never meet;
+    here each term vanishes once the forbidden probabilities do. A class with no box in an
+    image is forbidden everywhere in it (absent).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        boxes_mask: ``(B, C, *spatial)`` bool, ``True`` inside the box of class ``c``
+            (the ``background`` channel is ignored).
+        background: the class allowed everywhere.
+        reduction: ``"mean"`` over images and pixels, ``"sum"``, or ``"none"``
+            (``(B, *spatial)``).
+
+    Reference:
+        Kervadec, Dolz, Wang, Granger & Ben Ayed, "Bounding boxes for weakly supervised
+        segmentation: global constraints get close to full supervision", MIDL 2020.
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 4, 4)
+        >>> boxes = torch.zeros(1, 2, 4, 4, dtype=torch.bool); boxes[0, 1, :2, :2] = True
+        >>> round(float(box_emptiness_ce(logits, boxes)), 4)   # 12 of 16 pixels: -log 0.5
+        0.5199
+    """
+    _check_logits(logits)
+    if boxes_mask.dtype != torch.bool or boxes_mask.shape != logits.shape:
+        raise ValueError(
+            f"boxes_mask must be a bool tensor shaped like the logits {tuple(logits.shape)}, "
+            f"got {tuple(boxes_mask.shape)} {boxes_mask.dtype}"
+        )
+    if not 0 <= background < logits.shape[1]:
+        raise ValueError(f"background class {background} is not one of the "
+                         f"{logits.shape[1]} classes")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got '{reduction}'")
+    allowed = boxes_mask.to(logits.device).clone()
+    allowed[:, background] = True
+    log_probs = logits.log_softmax(1)
+    per_pixel = -torch.logsumexp(log_probs.masked_fill(~allowed, float("-inf")), dim=1)
+    if reduction == "none":
+        return per_pixel
+    return per_pixel.sum() if reduction == "sum" else per_pixel.mean()
 
 
 # ---------------------------------------------------------------------- centroid (C11)
@@ -674,6 +744,14 @@ LOSS_METHODS: tuple[str, ...] = (*METHODS, "proposal")
 class _InequalityLoss(nn.Module):
     """Shared part of the constraint losses: a :class:`ConstraintObjective` per term.
 
+    ``units`` is the scale of ``g`` the penalty / log-barrier / Lagrangian see:
+    ``"fraction"`` (the image fractions of :func:`size_constraints` and co., the default) or
+    ``"pixels"`` (``g·|Ω|``, the units of Kervadec et al.'s log-barrier papers). It matters
+    for the log-barrier, whose branch switch sits at ``g = -1/t²``: in fractions with
+    ``t = 5`` that is 4 % of the image, so most constraints lie on the linear extension
+    (a constant push, even when satisfied); in pixels the switch is at 0.04 pixel and a
+    satisfied constraint feels the barrier's decaying ``1/(t·|g|)`` force.
+
     After every forward, :attr:`last_stats` holds (detached, no host sync) ``"violated"``,
     the fraction of the active constraints violated by more than half a pixel (``g`` above
     ``tol``, image-fraction units), and for several terms also ``"<term>_violated"``.
@@ -691,6 +769,8 @@ class _InequalityLoss(nn.Module):
         reduction: str,
         proposal_iterations: int = 30,
         proposal_lr: float = 4.0,
+        units: str = "fraction",
+        per_image: bool = False,
     ) -> None:
         super().__init__()
         if method not in LOSS_METHODS:
@@ -701,13 +781,21 @@ class _InequalityLoss(nn.Module):
                              f"{proposal_iterations!r}")
         if not math.isfinite(proposal_lr) or proposal_lr <= 0:
             raise ValueError(f"proposal_lr must be a finite number > 0, got {proposal_lr}")
+        if units not in UNITS:
+            raise ValueError(f"units must be one of {UNITS}, got '{units}'")
+        if per_image and method != "lagrangian":
+            raise ValueError(f"per_image multipliers need method 'lagrangian', got '{method}'")
+        if per_image:  # the batch's data-set indices select each image's multipliers
+            self.inputs = (*type(self).inputs, "index")
         self.method = method
+        self.units = units
         self.proposal_iterations = proposal_iterations
         self.proposal_lr = float(proposal_lr)
         objective_method = "penalty" if method == "proposal" else method  # unused then
         self.objectives = nn.ModuleDict({
             name: ConstraintObjective(objective_method, t0=t0, t_mult=t_mult, t_max=t_max,
-                                      slots=slots, dual_lr=dual_lr, reduction=reduction)
+                                      slots=slots, dual_lr=dual_lr, reduction=reduction,
+                                      per_image=per_image)
             for name, slots in parts.items()
         })
         self.last_stats: dict[str, torch.Tensor] = {}
@@ -718,8 +806,10 @@ class _InequalityLoss(nn.Module):
         constraints: dict[str, Constraint],
         again: Callable[[torch.Tensor], dict[str, Constraint]],
         tol: float,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The loss of ``constraints`` (those of ``logits``) by the configured method.
+        """The loss of ``constraints`` (those of ``logits``) by the configured method
+        (``index``: the batch's data-set indices, for per-image multipliers).
 
         ``"proposal"`` (Pathak et al., ICCV 2015): the constrained proposal ``P`` closest to
         the prediction in KL (:func:`~weakseg.constrain.pathak_proposal`, the constraints must
@@ -728,7 +818,8 @@ class _InequalityLoss(nn.Module):
         ``mean_p −Σ_c P_p^c log s_p^c``; the others go through :meth:`_total`.
         """
         if self.method != "proposal":
-            return self._total(constraints, tol)
+            scale = float(_num_pixels(logits)) if self.units == "pixels" else 1.0
+            return self._total(constraints, tol, scale, index)
         self.last_stats = _violation_stats(constraints, tol)
 
         def flat_g(z: torch.Tensor) -> torch.Tensor:
@@ -738,8 +829,10 @@ class _InequalityLoss(nn.Module):
                                    lr=self.proposal_lr)
         return -(proposal.probs * logits.log_softmax(1)).sum(1).mean()
 
-    def _total(self, constraints: dict[str, Constraint], tol: float = 0.0) -> torch.Tensor:
-        values = [self.objectives[name](c.g, c.active) for name, c in constraints.items()]
+    def _total(self, constraints: dict[str, Constraint], tol: float = 0.0,
+               scale: float = 1.0, index: torch.Tensor | None = None) -> torch.Tensor:
+        values = [self.objectives[name](c.g * scale, c.active, index)
+                  for name, c in constraints.items()]
         self.last_stats = _violation_stats(constraints, tol)
         return torch.stack(values).sum(0) if values[0].ndim == 0 else values[0]
 
@@ -800,6 +893,11 @@ class SizeConstraintLoss(_InequalityLoss):
     (one ``(lo, hi)`` per class, the same for every image; pixels, or fractions with
     ``fraction=True``; ``.inf`` allowed as upper bound) are given here: then it reads nothing
     from the batch (e.g. a known range of the nucleus fraction of histology crops).
+    ``per_image=True`` (Lagrangian only) keeps one set of multipliers per training image
+    instead of sharing them across images; the loss then also reads the batch's ``index``
+    (the trainer's sample positions), see :class:`~weakseg.constrain.ConstraintObjective`.
+    ``units`` (``"fraction"`` or ``"pixels"``) is the scale of ``g`` the objectives see,
+    see :class:`_InequalityLoss`.
     """
 
     inputs: tuple[str, ...] = ("bounds",)
@@ -820,10 +918,13 @@ class SizeConstraintLoss(_InequalityLoss):
         proposal_iterations: int = 30,
         proposal_lr: float = 4.0,
         bounds: Sequence[Sequence[float]] | None = None,
+        units: str = "fraction",
+        per_image: bool = False,
     ) -> None:
         super().__init__({"size": _slots(num_classes, 2)}, method, t0=t0, t_mult=t_mult,
                          t_max=t_max, dual_lr=dual_lr, reduction=reduction,
-                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr)
+                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr,
+                         units=units, per_image=per_image)
         self.fraction = fraction
         self.check = check
         fixed = None
@@ -831,10 +932,11 @@ class SizeConstraintLoss(_InequalityLoss):
             fixed = _fixed_bounds(bounds, 2, "(C, 2): one (lo, hi) per class")
             check_size_bounds(fixed[None], 1 if fraction else 2**62, fraction=fraction,
                               what="size loss bounds")
-            self.inputs = ()
+            self.inputs = tuple(k for k in self.inputs if k != "bounds")
         self.register_buffer("fixed_bounds", fixed, persistent=False)
 
-    def forward(self, logits: torch.Tensor, bounds: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, bounds: torch.Tensor | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
         if self.fixed_bounds is not None:
             if self.fixed_bounds.shape[0] != logits.shape[1]:
                 raise ValueError(f"the size loss has bounds for {self.fixed_bounds.shape[0]} "
@@ -847,7 +949,7 @@ class SizeConstraintLoss(_InequalityLoss):
         return self._objective(
             logits, first,
             lambda z: {"size": size_constraints(z, bounds, fraction=self.fraction, check=False)},
-            _half_pixel(logits))
+            _half_pixel(logits), index)
 
 
 @LOSSES.register("tags", help="image tags: suppress absent, include present classes (C6)")
@@ -873,19 +975,23 @@ class TagConstraintLoss(_InequalityLoss):
         reduction: str = "mean",
         proposal_iterations: int = 30,
         proposal_lr: float = 4.0,
+        units: str = "fraction",
+        per_image: bool = False,
     ) -> None:
         super().__init__({"tags": _slots(num_classes)}, method, t0=t0, t_mult=t_mult,
                          t_max=t_max, dual_lr=dual_lr, reduction=reduction,
-                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr)
+                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr,
+                         units=units, per_image=per_image)
         self.min_size = min_size
         self.fraction = fraction
 
-    def forward(self, logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, tags: torch.Tensor,
+                index: torch.Tensor | None = None) -> torch.Tensor:
         def make(z: torch.Tensor) -> dict[str, Constraint]:
             return {"tags": tag_constraints(z, tags, min_size=self.min_size,
                                             fraction=self.fraction)}
 
-        return self._objective(logits, make(logits), make, _half_pixel(logits))
+        return self._objective(logits, make(logits), make, _half_pixel(logits), index)
 
 
 @LOSSES.register("box", help="box priors: empty outside, tight inside, box-size bounds (C7)")
@@ -894,6 +1000,24 @@ class BoxConstraintLoss(_InequalityLoss):
     ``outside``, ``tightness`` and ``size`` terms (each with its own state; with the
     Lagrangian, one λ per class and term, shared by the bands). Batch key ``"boxes"``
     ``(B, C, *spatial)`` bool.
+
+    ``emptiness`` picks the form of "nothing of class c outside its box":
+
+    * ``"mass"``: the soft-mass constraint ``outside`` of :func:`box_constraints`, through
+      the same method as the other terms. A softmax never reaches 0, so this constraint is
+      never met: with a log-barrier it pushes every outside probability down with a constant
+      force, which on ACDC out-pushed the tightness bands and collapsed training to
+      all-background (``docs/benchmarks/acdc_constraints.md``).
+    * ``"ce"``: the per-pixel form, :func:`box_emptiness_ce` — at every pixel the mass of the
+      classes allowed there (the ``background`` class, and each class whose box covers the
+      pixel) is pushed to 1 by a cross-entropy, which vanishes once met; outside every box
+      this is the partial cross-entropy on background pixels that box supervision implies.
+      The ``outside`` constraint is then only counted in the logs, not optimised. Its
+      weight ``emptiness_weight`` sets the balance with the other terms (a mean over pixels,
+      about 1, against barriers in ``units``).
+
+    With ``"ce"`` a class with no box in an image is taken as absent from it (boxes are
+    given for every structure present).
     """
 
     inputs = ("boxes",)
@@ -904,6 +1028,9 @@ class BoxConstraintLoss(_InequalityLoss):
         *,
         band_width: int = 1,
         size_fraction: Sequence[float] | Sequence[Sequence[float]] = (0.5, 0.9),
+        emptiness: str = "mass",
+        emptiness_weight: float = 1.0,
+        background: int = 0,
         t0: float = 5.0,
         t_mult: float = 1.1,
         t_max: float | None = None,
@@ -912,25 +1039,51 @@ class BoxConstraintLoss(_InequalityLoss):
         reduction: str = "mean",
         proposal_iterations: int = 30,
         proposal_lr: float = 4.0,
+        units: str = "fraction",
+        per_image: bool = False,
     ) -> None:
         if reduction == "none":
             raise ValueError("BoxConstraintLoss sums three terms: reduction must be "
                              "'mean' or 'sum'; use box_constraints() for the raw values")
+        if emptiness not in EMPTINESS:
+            raise ValueError(f"emptiness must be one of {EMPTINESS}, got '{emptiness}'")
+        if not math.isfinite(emptiness_weight) or emptiness_weight < 0:
+            raise ValueError(f"emptiness_weight must be a finite number >= 0, got "
+                             f"{emptiness_weight}")
+        if isinstance(background, bool) or not isinstance(background, int) or background < 0:
+            raise ValueError(f"background must be a class index >= 0, got {background!r}")
         parts = {"outside": _slots(num_classes), "tightness": _slots(num_classes, 1),
                  "size": _slots(num_classes, 2)}
         super().__init__(parts, method, t0=t0, t_mult=t_mult, t_max=t_max, dual_lr=dual_lr,
                          reduction=reduction,
-                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr)
+                         proposal_iterations=proposal_iterations, proposal_lr=proposal_lr,
+                         units=units, per_image=per_image)
         _box_fractions(size_fraction, None, torch.zeros(()))  # validate now, not mid-run
         self.band_width = band_width
         self.size_fraction = size_fraction
+        self.emptiness = emptiness
+        self.emptiness_weight = float(emptiness_weight)
+        self.background = background
 
-    def forward(self, logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, boxes: torch.Tensor,
+                index: torch.Tensor | None = None) -> torch.Tensor:
         def make(z: torch.Tensor) -> dict[str, Constraint]:
-            return box_constraints(z, boxes, band_width=self.band_width,
-                                   size_fraction=self.size_fraction)
+            out = box_constraints(z, boxes, band_width=self.band_width,
+                                  size_fraction=self.size_fraction)
+            if self.emptiness == "ce":
+                del out["outside"]
+            return out
 
-        return self._objective(logits, make(logits), make, _half_pixel(logits))
+        if self.emptiness == "mass":
+            return self._objective(logits, make(logits), make, _half_pixel(logits), index)
+        constraints = box_constraints(logits, boxes, band_width=self.band_width,
+                                      size_fraction=self.size_fraction)
+        outside = constraints.pop("outside")
+        tol = _half_pixel(logits)
+        loss = self._objective(logits, constraints, make, tol, index)
+        self.last_stats = _violation_stats({"outside": outside, **constraints}, tol)
+        return loss + self.emptiness_weight * box_emptiness_ce(logits, boxes,
+                                                               background=self.background)
 
 
 @LOSSES.register("centroid", help="soft centroid of each class within bounds per axis, e.g. "
