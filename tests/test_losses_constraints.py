@@ -336,6 +336,10 @@ def test_box_module_ce_emptiness_and_pixel_units():
     assert set(module.last_stats) == {"violated", "outside_violated", "tightness_violated",
                                       "size_violated"}
     assert float(module.last_stats["outside_violated"]) == 1.0  # soft mass is never 0
+    optimised = [c for name, c in parts.items() if name != "outside"]
+    violated = sum(int(((c.g > 0.5 / 64) & c.active).sum()) for c in optimised)
+    active = sum(int(c.active.sum()) for c in optimised)
+    assert float(module.last_stats["violated"]) == pytest.approx(violated / active)
     with pytest.raises(ValueError, match="emptiness"):
         BoxConstraintLoss(emptiness="hard")
     with pytest.raises(ValueError, match="background"):

@@ -1012,7 +1012,8 @@ class BoxConstraintLoss(_InequalityLoss):
       classes allowed there (the ``background`` class, and each class whose box covers the
       pixel) is pushed to 1 by a cross-entropy, which vanishes once met; outside every box
       this is the partial cross-entropy on background pixels that box supervision implies.
-      The ``outside`` constraint is then only counted in the logs, not optimised. Its
+      The ``outside`` constraint is then only reported in the logs (``outside_violated``,
+      not part of ``violated``), not optimised. Its
       weight ``emptiness_weight`` sets the balance with the other terms (a mean over pixels,
       about 1, against barriers in ``units``).
 
@@ -1081,7 +1082,10 @@ class BoxConstraintLoss(_InequalityLoss):
         outside = constraints.pop("outside")
         tol = _half_pixel(logits)
         loss = self._objective(logits, constraints, make, tol, index)
-        self.last_stats = _violation_stats({"outside": outside, **constraints}, tol)
+        # "violated" counts the optimised terms; the soft outside mass is only reported
+        # (a softmax always leaves more than half a pixel of it)
+        self.last_stats = _violation_stats(constraints, tol) | {
+            "outside_violated": _violation_stats({"outside": outside}, tol)["violated"]}
         return loss + self.emptiness_weight * box_emptiness_ce(logits, boxes,
                                                                background=self.background)
 
