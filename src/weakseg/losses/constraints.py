@@ -10,7 +10,8 @@ length), so that the same step sizes and weights work at any resolution:
   :math:`[(a - V_c),\ (V_c - b)] / |\Omega|`;
 * :func:`tag_constraints` (C6): tag absent → :math:`V_c \le 0`; present → :math:`V_c \ge m`;
 * :func:`box_constraints` (C7): emptiness outside the box, tightness of every band of
-  ``w`` rows/columns crossing it, box-size bounds;
+  ``w`` rows/columns crossing it, box-size bounds (and :func:`box_emptiness_ce`, the
+  per-pixel form of the emptiness);
 * :func:`centroid_constraints` (C11): soft centroid within bounds.
 
 Constraints come back as a :class:`Constraint` ``(g, active)``: inactive entries (e.g. a bound
