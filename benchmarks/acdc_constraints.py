@@ -110,9 +110,12 @@ def report(names: list[str], notes: str) -> None:
         print(name, rows[-1], flush=True)
     epochs = len(runs["full"]["rows"])
     seeds = seed_table(list(runs))
+    dates = " and ".join(sorted({datetime.date.fromtimestamp(
+        (RESULTS / n / "summary.json").stat().st_mtime).isoformat() for n in runs}))
+    seed_runs = sorted(p.parent.name for n in runs for p in RESULTS.glob(f"{n}@*/summary.json"))
     text = f"""# ACDC from points, boxes and tags with constraints — reduced CPU protocol
 
-Measured {datetime.date.today().isoformat()} on this machine: see "Machine" below.
+Measured {dates} on this machine: see "Machine" below.
 
 **Protocol.** ACDC (WSL4MIS h5), 2D U-Net 16-32-64-128-256 (1.81 M parameters), 128×128
 slices, train on patients 021–090 (140 volumes, 1284 slices), select the best epoch on
@@ -120,7 +123,7 @@ patients 091–100 (20 volumes) by mean 3D Dice and report its 3D metrics on the
 (no separate test split in this copy of the data: validation numbers, slightly optimistic for
 every row alike). Same network, budget ({epochs} epochs × 160 steps, batch 8, Adam lr 1e-3,
 poly decay, rot90/flip augmentation) and seed 0 for every row, including full supervision —
-half the budget of `acdc_scribbles.md`, to fit {len(runs)} runs in one session on 2 cores. Weak
+half the budget of `acdc_scribbles.md`, to fit several runs in a session on 2 cores. Weak
 annotations are simulated from the full masks with seeded simulators (`configs/{PREFIX}*.yaml`):
 
 - **points**: one click per structure and slice (`sim:points`, uniform inside, drawn as a
@@ -154,9 +157,11 @@ tags exactly as in training), computed by the report. s/epoch: median training-p
 
 ```bash
 python benchmarks/acdc_constraints.py run {' '.join(runs)} --threads 1   # resumable
+python benchmarks/acdc_constraints.py run {' '.join(seed_runs)} --threads 1   # seeds
 python benchmarks/acdc_constraints.py report {' '.join(runs)} \\
     --notes benchmarks/acdc_constraints_notes.md
-python benchmarks/acdc_constraints.py overlay full points_pce points_size_logbarrier boxes
+python benchmarks/acdc_constraints.py overlay full points_pce points_size_logbarrier \\
+    points_size_lagrangian_per_image boxes
 python benchmarks/box_dynamics.py --steps 120
 ```
 
@@ -210,7 +215,8 @@ def main() -> None:
     bench_main(__doc__, run=lambda names, threads: run(names, threads, prefix=PREFIX,
                                                        results=RESULTS),
                report=report, report_names=ORDER, overlay=overlay,
-               overlay_names=["full", "points_pce", "points_size_logbarrier", "boxes"])
+               overlay_names=["full", "points_pce", "points_size_logbarrier",
+                              "points_size_lagrangian_per_image", "boxes"])
 
 
 if __name__ == "__main__":
