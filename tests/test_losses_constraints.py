@@ -321,6 +321,8 @@ def test_box_emptiness_ce_vanishes_on_a_prediction_inside_the_boxes():
         box_emptiness_ce(_logits(shape), boxes, background=3)
     with pytest.raises(ValueError, match="bool"):
         box_emptiness_ce(_logits(shape), boxes.float())
+    with pytest.raises(ValueError, match="reduction"):
+        box_emptiness_ce(_logits(shape), boxes, reduction="max")
 
 
 def test_box_module_ce_emptiness_and_pixel_units():
@@ -484,6 +486,7 @@ def test_gradcheck_float64_all_constraints():
         lambda z: size_equality_l2(z, torch.tensor([[4.0, 5.0, 3.0]], dtype=torch.float64)),
         lambda z: size_equality_kl(z, torch.tensor([0.3, 0.5, 0.2], dtype=torch.float64)),
         lambda z: area_by_sorting(z, 0.25),
+        lambda z: box_emptiness_ce(z, boxes, reduction="none"),
     ]
     for fn in checks:
         assert torch.autograd.gradcheck(fn, (logits,))

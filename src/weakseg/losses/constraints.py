@@ -1076,17 +1076,17 @@ class BoxConstraintLoss(_InequalityLoss):
                 del out["outside"]
             return out
 
-        if self.emptiness == "mass":
-            return self._objective(logits, make(logits), make, _half_pixel(logits), index)
         constraints = box_constraints(logits, boxes, band_width=self.band_width,
                                       size_fraction=self.size_fraction)
-        outside = constraints.pop("outside")
         tol = _half_pixel(logits)
+        if self.emptiness == "mass":
+            return self._objective(logits, constraints, make, tol, index)
+        outside = constraints.pop("outside")
         loss = self._objective(logits, constraints, make, tol, index)
         # "violated" counts the optimised terms; the soft outside mass is only reported
         # (a softmax always leaves more than half a pixel of it)
-        self.last_stats = _violation_stats(constraints, tol) | {
-            "outside_violated": _violation_stats({"outside": outside}, tol)["violated"]}
+        self.last_stats["outside_violated"] = _violation_stats({"outside": outside},
+                                                               tol)["violated"]
         return loss + self.emptiness_weight * box_emptiness_ce(logits, boxes,
                                                                background=self.background)
 
