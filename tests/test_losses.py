@@ -188,7 +188,8 @@ def test_contract_every_registered_loss(name, shape):
     logits = torch.randn(shape, generator=gen, requires_grad=True)
     target = _weak(shape, gen, frac=0.5)
     image = torch.rand((shape[0], 1, *shape[2:]), generator=gen)
-    loss = LOSSES.build(name)
+    params = {"constraint": "size"} if name == "constraint" else {}  # needs its family
+    loss = LOSSES.build(name, **params)
     full = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
     batch = {"target": target, "image": image, **_priors(full, shape[1])}
     assert set(loss.inputs) <= set(batch), f"the contract test cannot feed {loss.inputs}"
@@ -228,7 +229,7 @@ def test_recipe_epoch_step_and_stats():
     assert float(recipe.last_stats["size_violated"]) == 0.5   # 2 active bounds, lower violated
     recipe.epoch_step()
     recipe.epoch_step()
-    state = recipe.state_dict()["losses.1.objectives.size._extra_state"]["schedule"]
+    state = recipe.state_dict()["losses.1.objective._extra_state"]["schedule"]
     assert state["t"] == pytest.approx(4.5) and state["epoch"] == 2
 
 

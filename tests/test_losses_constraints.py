@@ -132,7 +132,7 @@ def test_size_module_equals_function_and_steps_schedule():
     assert torch.equal(module(logits, bounds), apply("log_barrier", g, t=6.0))
     lagrangian = SizeConstraintLoss("lagrangian", num_classes=3)
     lagrangian(logits, bounds)
-    assert lagrangian.objectives["size"].multipliers.lam.shape == (3, 2)
+    assert lagrangian.objective.terms["size"].multipliers.lam.shape == (3, 2)
     assert SizeConstraintLoss.inputs == ("bounds",)
 
 
@@ -278,7 +278,7 @@ def test_box_module_sums_the_three_terms():
     assert torch.allclose(module(logits, boxes), expected)
     lagrangian = BoxConstraintLoss("lagrangian", num_classes=2)
     lagrangian(_onehot_logits(torch.zeros(2, 6, 6, dtype=torch.long), 2), boxes)  # empty
-    assert (lagrangian.objectives["tightness"].multipliers.lam[1] > 0).all()
+    assert (lagrangian.objective.terms["tightness"].multipliers.lam[1] > 0).all()
     with pytest.raises(ValueError, match="reduction"):
         BoxConstraintLoss(reduction="none")
 
@@ -551,5 +551,6 @@ def test_proposal_method_pulls_towards_the_constrained_proposal():
         LOSSES.build("centroid", method="proposal")
     with pytest.raises(ValueError, match="proposal_iterations"):
         LOSSES.build("tags", method="proposal", proposal_iterations=0)
-    with pytest.raises(ValueError, match="one of"):
+    with pytest.raises(WeaksegError, match="unknown constraint objective 'barrier' "
+                       r"\(did you mean 'log_barrier'\?\)"):
         LOSSES.build("size", method="barrier")

@@ -145,9 +145,9 @@ def test_resume_keeps_log_barrier_t_and_lagrange_multipliers(tmp_path: Path, per
     assert _same(cut["model"], ref["model"])
     assert _same_recipe_state(cut["recipe"], ref["recipe"])
     # the state is not trivial: t grew once per epoch, the multipliers moved
-    schedule = ref["recipe"]["losses.2.objectives.tags._extra_state"]["schedule"]
+    schedule = ref["recipe"]["losses.2.objective._extra_state"]["schedule"]
     assert schedule["epoch"] == 4 and schedule["t"] == pytest.approx(2.0 * 1.5**4)
-    lam = ref["recipe"]["losses.1.objectives.size.multipliers.lam"]
+    lam = ref["recipe"]["losses.1.objective.terms.size.multipliers.lam"]
     if per_image:  # one (4, 2) set per training slice seen, several of them moved
         assert lam.ndim == 3 and lam.shape[1:] == (4, 2) and lam.shape[0] > 1
         assert int((lam > 0).any(-1).any(-1).sum()) > 1

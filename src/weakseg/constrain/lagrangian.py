@@ -185,15 +185,15 @@ def pathak_proposal(
 
     Solves :math:`\min_P \sum_p \mathrm{KL}(P_p \,\|\, s_p)` subject to :math:`g(P) \le 0`
     for a ``constraint_fn`` that is **linear (affine) in the probabilities**, e.g.
-    :func:`~weakseg.losses.constraints.size_constraints`,
-    :func:`~weakseg.losses.constraints.tag_constraints` or the parts of
-    :func:`~weakseg.losses.constraints.box_constraints` (not the centroid, which is a
+    :func:`~weakseg.constrain.families.size_constraints`,
+    :func:`~weakseg.constrain.families.tag_constraints` or the parts of
+    :func:`~weakseg.constrain.families.box_constraints` (not the centroid, which is a
     ratio). The features :math:`f_p = \partial g / \partial P_p` come from autograd (one
     vector-Jacobian product per iteration, all constraints at once), and β takes
     ``iterations`` steps of projected gradient ascent on the dual,
     :math:`\beta \leftarrow \max(0, \beta + \mathrm{lr}\; g(P_\beta))`.
 
-    Because the constraints of :mod:`weakseg.losses.constraints` are divided by
+    Because the constraints of :mod:`weakseg.constrain.families` are divided by
     :math:`|\Omega|`, the exponent is :math:`|\Omega|\,\beta^\top f_p`: β are the
     multipliers of the constraints in pixel units, the step is ``lr / |Ω|`` in those units,
     and a violation of a fraction ``v`` of the image shifts the logits of the pixels
@@ -222,7 +222,7 @@ def pathak_proposal(
         supervised segmentation", ICCV 2015, sec. 3–4.
 
     Example:
-        >>> from weakseg.losses.constraints import size_constraints
+        >>> from weakseg.constrain.families import size_constraints
         >>> logits = torch.zeros(1, 2, 8, 8); logits[:, 0] = 3.0   # predicts background
         >>> bounds = torch.tensor([[[0.0, 64.0], [20.0, 40.0]]])     # foreground in [20, 40]
         >>> prop = pathak_proposal(logits, lambda z: size_constraints(z, bounds).g)

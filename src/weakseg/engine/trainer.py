@@ -351,7 +351,8 @@ def train(
                                   size=cfg.data.size, priors=cfg.data.priors)
     torch.manual_seed(t.seed)  # model initialisation
     model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
-    recipe = LossRecipe(cfg.loss).to(device)
+    recipe = LossRecipe(cfg.loss, num_classes=ds.num_classes,
+                        class_names=list(ds.class_names)).to(device)
     steps = t.steps_per_epoch or max(len(data) // t.batch_size, 1)
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)

@@ -6,10 +6,17 @@ that changes once per epoch (the log-barrier ``t`` of the constraint losses) adv
 :meth:`LossRecipe.epoch_step`; all state is in ``state_dict()`` (checkpointed). Terms that
 expose diagnostics (``last_stats``, e.g. the fraction of violated constraints) are gathered
 in :attr:`LossRecipe.last_stats` after every call.
+
+Values the data knows are injected when the terms are built, never repeated in a config:
+``LossRecipe(terms, num_classes=4)`` passes ``num_classes`` to every loss that takes it (the
+constraint losses: one Lagrange multiplier per class); a config that sets it anyway must
+agree with the data. A term is named in ``parts`` and the logs by its loss's ``label`` when
+it has one (a constraint loss: its family, e.g. ``size``), else by its registered name.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,20 +60,27 @@ class LossRecipe(nn.Module):
         ['partial_ce']
     """
 
-    def __init__(self, terms: list[LossTerm]) -> None:
+    def __init__(self, terms: list[LossTerm], *, num_classes: int | None = None,
+                 class_names: list[str] | None = None) -> None:
         super().__init__()
         from weakseg.losses import LOSSES
 
         if not terms:
             raise WeaksegError("the loss recipe is empty; add at least one term under 'loss:'")
+        context: dict[str, Any] = {}
+        if num_classes is not None:
+            context["num_classes"] = num_classes
+        if class_names is not None:
+            context["class_names"] = list(class_names)
         self.terms = list(terms)
-        self.losses = nn.ModuleList(_build(LOSSES, t) for t in terms)
+        self.losses = nn.ModuleList(_build(LOSSES, t, context) for t in terms)
         names: list[str] = []
-        for t in terms:
-            name = t.name
+        for t, loss in zip(terms, self.losses, strict=True):
+            base = str(getattr(loss, "label", None) or t.name)
+            name = base
             k = 1
             while name in names:
-                name = f"{t.name}_{k}"
+                name = f"{base}_{k}"
                 k += 1
             names.append(name)
         self.names = names
@@ -106,10 +120,22 @@ class LossRecipe(nn.Module):
                 step()
 
 
-def _build(registry: Any, term: LossTerm) -> nn.Module:
-    """Build one term, turning a loss's own ``ValueError`` into a one-line config error."""
+def _build(registry: Any, term: LossTerm, context: dict[str, Any]) -> nn.Module:
+    """Build one term with the ``context`` values its factory takes (``num_classes``...),
+    turning a loss's own ``ValueError`` into a one-line config error."""
+    params = dict(term.params)
+    accepted = inspect.signature(registry.get(term.name)).parameters
+    for key, value in context.items():
+        if key not in accepted:
+            continue
+        if key in params and params[key] is not None and params[key] != value:
+            raise WeaksegError(
+                f"loss '{term.name}': {key} = {params[key]!r} in the config but the data has "
+                f"{value!r}; drop {key} from the loss parameters (the data sets it)"
+            )
+        params[key] = value
     try:
-        return registry.build(term.name, **term.params)
+        return registry.build(term.name, **params)
     except WeaksegError:
         raise
     except (ValueError, TypeError) as exc:
