@@ -25,8 +25,15 @@ from weakseg.data.base import (
 )
 from weakseg.data.splits import parse_groups
 from weakseg.errors import WeaksegError
+from weakseg.safeio import atomic_path
 
-__all__ = ["ACDC_CLASSES", "load_acdc_h5", "read_acdc_h5", "write_h5_prediction"]
+__all__ = [
+    "ACDC_CLASSES",
+    "h5_prediction_path",
+    "load_acdc_h5",
+    "read_acdc_h5",
+    "write_h5_prediction",
+]
 
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
 _NAME = re.compile(r"(patient\d+)_frame(\d+)\.h5$")
@@ -111,12 +118,21 @@ def load_acdc_h5(*, root: str | Path, patients: str | None = None) -> VolumeSet:
     return VolumeSet(volumes=volumes, class_names=list(ACDC_CLASSES), in_channels=1)
 
 
-def write_h5_prediction(volume: Volume, prediction: np.ndarray, out_dir: Path) -> Path:
-    """Write ``prediction`` (Z, H, W) as ``<key>.h5`` with dataset ``prediction`` (uint8)."""
+def h5_prediction_path(volume: Volume, out_dir: str | Path) -> Path:
+    """Where :func:`write_h5_prediction` writes ``volume``'s prediction."""
+    return Path(out_dir) / f"{volume.key}.h5"
+
+
+def write_h5_prediction(volume: Volume, prediction: np.ndarray, out_dir: str | Path) -> Path:
+    """Write ``prediction`` (Z, H, W) as ``<key>.h5`` with dataset ``prediction`` (uint8).
+
+    Written to a temporary name and renamed: a kill never leaves a torn file."""
     import h5py
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{volume.key}.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("prediction", data=prediction.astype(np.uint8), compression="gzip")
+    path = h5_prediction_path(volume, out_dir)
+    try:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("prediction", data=prediction.astype(np.uint8), compression="gzip")
+    except OSError as exc:
+        raise WeaksegError(f"cannot write prediction to {path}: {exc.strerror or exc}") from exc
     return path

@@ -47,9 +47,11 @@ from weakseg.data.base import (
     check_labels,
 )
 from weakseg.errors import WeaksegError
+from weakseg.safeio import atomic_path
 
 __all__ = [
     "load_nifti_folder",
+    "nifti_prediction_path",
     "read_nifti_image_folder",
     "write_nifti_prediction",
 ]
@@ -629,12 +631,16 @@ def write_nifti_prediction(volume: Volume, prediction: np.ndarray, out_dir: str 
     img.header["cal_max"] = 0
     img.header["intent_code"] = 0
 
-    out_dir = Path(out_dir)
-    name = str(meta.get("case", volume.key))
+    path = nifti_prediction_path(volume, out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{name}.nii.gz"
-        nib.save(img, str(path))
+        with atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
     except OSError as exc:
-        raise WeaksegError(f"cannot write prediction to {out_dir}: {exc.strerror or exc}") from exc
+        raise WeaksegError(f"cannot write prediction to {path}: {exc.strerror or exc}") from exc
     return path
+
+
+def nifti_prediction_path(volume: Volume, out_dir: str | Path) -> Path:
+    """Where :func:`write_nifti_prediction` writes ``volume``'s prediction: ``<case>.nii.gz``
+    (the case id without the ``_0000`` channel suffix)."""
+    return Path(out_dir) / f"{volume.meta.get('case', volume.key)}.nii.gz"

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.errors import WeaksegError
+from weakseg.safeio import atomic_path
 
 __all__ = ["METRIC_NAMES", "VolumeMetrics", "volume_metrics"]
 
@@ -330,8 +331,7 @@ class VolumeMetrics:
         """Write per-volume rows plus a final ``mean`` row to ``path``; return the path."""
         means = self.compute()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(self.rows())

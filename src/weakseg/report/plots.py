@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.data.base import Volume
+from weakseg.safeio import atomic_path
 
 __all__ = ["plot_curves", "plot_overlays", "plot_volume_overlays"]
 
@@ -84,8 +85,8 @@ def plot_overlays(
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     fig.tight_layout(rect=(0, 0.04 if class_names else 0, 1, 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -110,10 +111,14 @@ def plot_curves(path: str | Path, logs: dict[str, str | Path]) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
     ax_dice.set(xlabel="epoch", ylabel="mean Dice", title="validation Dice", ylim=(0, 1))
     ax_loss.legend(fontsize=8)
-    ax_dice.legend(fontsize=8)
+    if ax_dice.get_legend_handles_labels()[0]:
+        ax_dice.legend(fontsize=8)
+    else:
+        ax_dice.text(0.5, 0.5, "no validation split", ha="center", transform=ax_dice.transAxes)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
