@@ -7,11 +7,14 @@ User errors print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from weakseg.errors import WeaksegError
+from weakseg.safeio import check_output_file, check_output_folder, remove_stale_temps
 
 __all__ = ["build_parser", "main"]
 
@@ -25,6 +28,13 @@ quick start:
   weakseg evaluate --checkpoint runs/pce/best.pt --data ../shared/data/acdc --patients 91-100
   weakseg predict --checkpoint runs/pce/best.pt --input images/ --output predictions/
   weakseg list losses
+"""
+
+EPILOG = """\
+errors: a mistake in the input prints one line, 'error: <what is wrong and how to fix it>', and
+exits with status 2; inputs are never modified. --debug shows the traceback of an unexpected
+error. predict refuses to write into its input (--force replaces existing label maps elsewhere);
+evaluate refuses volumes without a label map (--allow-missing skips and lists them).
 """
 
 
@@ -44,8 +54,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         Path(args.config).stem if args.config else "default"
     )
     result = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    print(f"best epoch {result.best_epoch} (validation mean Dice {result.best_score:.4f}); "
-          f"checkpoints, logs and metrics in {out}")
+    if math.isnan(result.best_score):
+        print(f"no validation split (data.val unset): kept the last epoch, {result.best_epoch}; "
+              f"checkpoints, logs and metrics in {out}")
+    else:
+        print(f"best epoch {result.best_epoch} (validation mean Dice {result.best_score:.4f}); "
+              f"checkpoints, logs and metrics in {out}")
     return 0
 
 
@@ -54,29 +68,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.data.splits import select_groups
     from weakseg.engine.trainer import evaluate_volumes, load_model_from_checkpoint
 
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / (
+        f"evaluate_{Path(args.data).resolve().name}.csv"
+    )
+    check_output_file(out, "--out", ".csv")
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
     vset = read_labelled(args.data, num_classes=len(ckpt["class_names"]))
     volumes = select_groups(vset.volumes, args.patients)
     if not volumes:
         raise WeaksegError(f"--patients {args.patients} selects no volume in {args.data}")
+    missing = [v.key for v in volumes if v.label is None]
+    if missing:
+        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                          else "")
+        if not args.allow_missing or len(missing) == len(volumes):
+            fix = ("no volume can be scored; give a folder with full label maps" if
+                   len(missing) == len(volumes) else
+                   "pass --allow-missing to score the others, or select volumes with --patients")
+            raise WeaksegError(f"{len(missing)} of {len(volumes)} volumes have no full label map "
+                               f"({listed}); {fix}")
+        print(f"warning: skipping {len(missing)} volumes without a full label map: {listed}",
+              file=sys.stderr)
+        volumes = [v for v in volumes if v.label is not None]
     metrics = evaluate_volumes(model, volumes, list(ckpt["class_names"]), size=int(ckpt["size"]),
                                progress=not args.quiet)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / (
-        f"evaluate_{Path(args.data).name}.csv"
-    )
     metrics.write_csv(out)
     print(metrics.format_table())
-    print(f"per-volume metrics written to {out}")
+    print(f"per-volume metrics of {len(volumes)} volumes written to {out}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from weakseg.data.folders import read_images, write_prediction
+    from weakseg.data.folders import check_prediction_targets, read_images, write_prediction
     from weakseg.engine.inference import predict_volume
     from weakseg.engine.trainer import load_model_from_checkpoint
 
+    out = check_output_folder(args.output, "--output")
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
     volumes = read_images(args.input)
     if not volumes:
@@ -87,12 +116,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"{vol.key} has {vol.channels} channels but the model expects "
                 f"{ckpt['in_channels']}"
             )
-    out = Path(args.output)
-    for vol in tqdm(volumes, desc="predict", disable=args.quiet):
-        pred = predict_volume(model, vol, size=int(ckpt["size"]))
-        write_prediction(vol, pred, out)
-    print(f"wrote {len(volumes)} label maps to {out}")
+    targets = check_prediction_targets(args.input, out, volumes, force=args.force)
+    remove_stale_temps(out)  # left by a killed predict
+    written: list[Path] = []
+    try:
+        for vol in tqdm(volumes, desc="predict", disable=args.quiet):
+            pred = predict_volume(model, vol, size=int(ckpt["size"]))
+            written.append(write_prediction(vol, pred, out))
+    except KeyboardInterrupt:
+        print(f"interrupted; {_partial(written, targets, out)}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        detail = str(exc) if isinstance(exc, WeaksegError) else (
+            f"unexpected {type(exc).__name__}: {exc}")
+        raise WeaksegError(f"{detail}; {_partial(written, targets, out)}") from exc
+    finally:
+        remove_stale_temps(out)
+    print(f"wrote {len(written)} label maps to {out}")
     return 0
+
+
+def _partial(written: list[Path], targets: list[Path], out: Path) -> str:
+    """Which predictions were written and which were not (after an error)."""
+    done = ", ".join(p.name for p in written[:5]) or "none"
+    todo = [t.name for t in targets if t not in written]
+    left = ", ".join(todo[:5]) + (f" and {len(todo) - 5} more" if len(todo) > 5 else "")
+    return (f"wrote {len(written)} of {len(targets)} label maps to {out} ({done}); "
+            f"not written: {left}")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -112,55 +162,78 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other weakseg error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="weakseg", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     from weakseg import __version__
 
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an unexpected error")
+    parser = _Parser(
+        prog="weakseg", description=DESCRIPTION, epilog=EPILOG, parents=[debug],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"weakseg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
-    p = sub.add_parser("demo", help="full vs scribble supervision on the embedded phantom (<5 min)")
+    p = sub.add_parser("demo", parents=[debug],
+                       help="full vs scribble supervision on the embedded phantom (<5 min)")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
     p.add_argument("--size", type=int, default=64, help="phantom slice size (default: 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train from a YAML recipe")
+    p = sub.add_parser("train", parents=[debug], help="train from a YAML recipe")
     p.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. --set train.epochs=5 data.size=96 "
                         "(repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt (an error if there is none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="3D Dice/HD95/ASD per volume of a checkpoint on a folder")
+    p = sub.add_parser("evaluate", parents=[debug],
+                       help="3D Dice/HD95/ASD per volume of a checkpoint on a folder")
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
     p.add_argument("--data", required=True, help="folder of .h5 files or an nnU-Net raw folder")
     p.add_argument("--patients", help="only these patients/cases, e.g. 91-100")
     p.add_argument("--out", help="CSV path (default: next to the checkpoint)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="skip (and list) volumes without a full label map instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="write label maps for every image of a folder")
+    p = sub.add_parser("predict", parents=[debug],
+                       help="write label maps for every image of a folder")
     p.add_argument("--checkpoint", required=True, help="best.pt of a run")
     p.add_argument("--input", required=True, help="folder (or file) of .h5 or NIfTI images")
-    p.add_argument("--output", required=True, help="output folder (same format as the input)")
+    p.add_argument("--output", required=True,
+                   help="output folder (same format as the input); never the input folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing label maps in --output, or write inside the data set's "
+                        "folders; input files are never overwritten")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("list", help="registered models, losses, data sets and annotators")
+    p = sub.add_parser("list", parents=[debug],
+                       help="registered models, losses, data sets and annotators")
     p.add_argument("kind", nargs="?", choices=["models", "losses", "datasets", "annotators"])
     p.set_defaults(func=_cmd_list)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error, 1 internal error,
+    130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -169,11 +242,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except WeaksegError as exc:
+        if getattr(args, "debug", False):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last epoch", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an input we do not check yet: one line, not a traceback
+        if getattr(args, "debug", False):
+            raise
+        what = " ".join(str(exc).split())[:200]
+        print(f"error: unexpected {type(exc).__name__}: {what}; this is a weakseg bug or an "
+              f"unchecked input, rerun with --debug for the traceback and report it",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

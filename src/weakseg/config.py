@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from weakseg.annotate import ANNOTATORS
+from weakseg.data import DATASETS
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe, LossTerm
-from weakseg.registry import did_you_mean
+from weakseg.models import MODELS
+from weakseg.registry import check_kwargs, did_you_mean
 
 __all__ = [
     "Config",
@@ -37,6 +41,12 @@ __all__ = [
     "config_from_dict",
     "load_config",
 ]
+
+
+def _field(default: Any, **rules: Any) -> Any:
+    """A dataclass field with validation rules read by :func:`_check_rules`:
+    ``ge``/``gt``/``le``/``lt`` (bounds), ``multiple_of``, ``choices``."""
+    return field(default=default, metadata=rules)
 
 
 @dataclass
@@ -68,8 +78,8 @@ class DataConfig:
     params: dict[str, Any] = field(default_factory=dict)
     annotation: str = "scribble"
     annotation_params: dict[str, Any] = field(default_factory=dict)
-    annotation_seed: int = 0
-    size: int = 128
+    annotation_seed: int = _field(0, ge=0)
+    size: int = _field(128, ge=16, multiple_of=16)
     crop: int | None = None
     train: str | None = None
     val: str | None = None
@@ -81,20 +91,20 @@ class DataConfig:
 class TrainConfig:
     """Optimisation budget and schedule."""
 
-    epochs: int = 20
-    batch_size: int = 8
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "poly"
-    seed: int = 0
+    epochs: int = _field(20, ge=1)
+    batch_size: int = _field(8, ge=1)
+    optimizer: str = _field("adam", choices=("adam", "sgd"))
+    lr: float = _field(1e-3, gt=0)
+    weight_decay: float = _field(1e-4, ge=0)
+    momentum: float = _field(0.9, ge=0, lt=1)
+    schedule: str = _field("poly", choices=("poly", "cosine", "constant"))
+    seed: int = _field(0, ge=0)
     augment: bool = True
-    val_every: int = 1
-    threads: int | None = None
-    device: str = "auto"
-    max_steps_per_epoch: int | None = None
-    steps_per_epoch: int | None = None
+    val_every: int = _field(1, ge=1)
+    threads: int | None = _field(None, ge=1)
+    device: str = "auto"  # checked when training starts (a checkpoint may move machines)
+    max_steps_per_epoch: int | None = _field(None, ge=1)
+    steps_per_epoch: int | None = _field(None, ge=1)
 
 
 @dataclass
@@ -109,10 +119,6 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-_CHOICES = {
-    ("train", "optimizer"): ("adam", "sgd"),
-    ("train", "schedule"): ("poly", "cosine", "constant"),
-}
 
 
 def _check_keys(section: str, given: dict[str, Any], allowed: list[str]) -> None:
@@ -124,8 +130,29 @@ def _check_keys(section: str, given: dict[str, Any], allowed: list[str]) -> None
             )
 
 
+def _check_rules(where: str, value: Any, rules: dict[str, Any]) -> None:
+    """Apply a field's validation rules (see :func:`_field`); ``None`` passes."""
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WeaksegError(f"config '{where}' must be a finite number, got {value}")
+    choices = rules.get("choices")
+    if choices and value not in choices:
+        raise WeaksegError(
+            f"config '{where}' must be one of {', '.join(choices)}, got '{value}'"
+            f"{did_you_mean(str(value), choices)}"
+        )
+    for rule, ok, text in (("ge", value.__ge__, "≥"), ("gt", value.__gt__, ">"),
+                           ("le", value.__le__, "≤"), ("lt", value.__lt__, "<")):
+        if rule in rules and ok(rules[rule]) is not True:
+            raise WeaksegError(f"config '{where}' must be {text} {rules[rule]}, got {value}")
+    step = rules.get("multiple_of")
+    if step and value % step:
+        raise WeaksegError(f"config '{where}' must be a multiple of {step}, got {value}")
+
+
 def _coerce(section: str, name: str, value: Any, default: Any, annotation: str) -> Any:
-    """Light type check of scalar fields (YAML gives str/int/float/bool/None)."""
+    """Type check of scalar fields (YAML gives str/int/float/bool/None)."""
     where = f"{section}.{name}"
     if value is None:
         if "None" in annotation:
@@ -148,12 +175,6 @@ def _coerce(section: str, name: str, value: Any, default: Any, annotation: str) 
             return str(value)
         if not isinstance(value, str):
             raise WeaksegError(f"config '{where}' must be a string, got {value!r}")
-        allowed = _CHOICES.get((section, name))
-        if allowed and value not in allowed:
-            raise WeaksegError(
-                f"config '{where}' must be one of {', '.join(allowed)}, got '{value}'"
-                f"{did_you_mean(value, allowed)}"
-            )
         return value
     if annotation.startswith("dict"):
         if not isinstance(value, dict):
@@ -179,6 +200,7 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     for key, value in raw.items():
         f = fields[key]
         kwargs[key] = _coerce(name, key, value, f.default, str(f.type))
+        _check_rules(f"{name}.{key}", kwargs[key], dict(f.metadata))
     return cls(**kwargs)
 
 
@@ -217,12 +239,7 @@ def validate(cfg: Config) -> None:
         LOSSES.get(term.name)
     recipe = LossRecipe(cfg.loss)  # builds every term: bad loss parameters fail here
     _check_loss_inputs(cfg, recipe)
-    t = cfg.train
-    for name in ("epochs", "batch_size", "val_every"):
-        if getattr(t, name) < 1:
-            raise WeaksegError(f"config 'train.{name}' must be ≥ 1, got {getattr(t, name)}")
-    if t.lr <= 0:
-        raise WeaksegError(f"config 'train.lr' must be > 0, got {t.lr}")
+    _check_params(cfg)
     if cfg.data.size < 16 or cfg.data.size % 16:
         raise WeaksegError(
             f"config 'data.size' must be a multiple of 16 (U-Net down-sampling), "
@@ -243,10 +260,31 @@ def validate(cfg: Config) -> None:
             "does not keep; drop data.crop, or give the size loss fixed fraction bounds "
             "(params: {bounds: [[lo, hi], ...], fraction: true})"
         )
-    for name in ("steps_per_epoch", "max_steps_per_epoch"):
-        value = getattr(t, name)
-        if value is not None and value < 1:
-            raise WeaksegError(f"config 'train.{name}' must be ≥ 1 (or unset), got {value}")
+
+
+def _check_params(cfg: Config) -> None:
+    """The ``params`` blocks of the model, the data set and a simulated annotation: names
+    and types from the factories' signatures (values are checked when they are built)."""
+    check_kwargs(MODELS.get(cfg.model.name), cfg.model.params,
+                 f"model '{cfg.model.name}' (model.params)", ("in_channels", "num_classes"))
+    data_params = dict(cfg.data.params)
+    if cfg.data.root is not None:
+        data_params["root"] = cfg.data.root
+    check_kwargs(DATASETS.get(cfg.data.name), data_params,
+                 f"data set '{cfg.data.name}' (data.params)")
+    annotation = cfg.data.annotation
+    if annotation.startswith("sim:"):
+        name = annotation[len("sim:"):]
+        if "seed" in cfg.data.annotation_params:
+            raise WeaksegError("data.annotation_params must not set 'seed'; use "
+                               "data.annotation_seed")
+        check_kwargs(ANNOTATORS.get(name), cfg.data.annotation_params,
+                     f"annotator '{name}' (data.annotation_params)", ("label", "num_classes"))
+    elif cfg.data.annotation_params:
+        raise WeaksegError(
+            f"data.annotation_params apply to simulated annotations only, but data.annotation "
+            f"is '{annotation}'; remove them or use annotation: sim:<annotator>"
+        )
 
 
 def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:
@@ -270,15 +308,44 @@ def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:
             raise WeaksegError(f"loss '{term.name}' needs '{key}' in every batch; {fix}")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``safe_load`` that refuses a key given twice in one mapping (YAML would keep the last
+    one silently, e.g. a second ``train:`` section replacing the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(
+                    f"key '{key}' appears twice in one mapping (line "
+                    f"{key_node.start_mark.line + 1}); keep one, the second would silently win"
+                )
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise WeaksegError(f"--config {path} is a folder; give a YAML file, e.g. "
+                               "configs/acdc_scribbles_pce.yaml")
         if not path.is_file():
             raise WeaksegError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        except _DuplicateKey as exc:
+            raise WeaksegError(f"{path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise WeaksegError(f"{path} is not a text file; give a YAML config") from exc
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             at = f" at line {line + 1}" if line is not None else ""

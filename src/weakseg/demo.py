@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from weakseg.config import config_from_dict
+from weakseg.safeio import check_output_folder, write_text_atomic
 
 __all__ = ["DEMO_RUNS", "demo_config", "run_demo"]
 
@@ -68,7 +69,7 @@ def run_demo(
     from weakseg.engine.trainer import load_data, load_model_from_checkpoint, train
     from weakseg.report import plot_curves, plot_volume_overlays
 
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "--out")
     names = runs or list(DEMO_RUNS)
     results: dict[str, dict[str, float]] = {}
     for name in names:
@@ -78,13 +79,13 @@ def run_demo(
             log(f"[{name}] already finished in {run_dir}; reusing it")
         else:
             log(f"[{name}] training ({cfg.data.annotation} + {cfg.loss[0].name})")
-            train(cfg, run_dir, resume=True, progress=progress,
+            train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), progress=progress,
                   log=lambda s, n=name: log(f"[{n}] {s}"))
         results[name] = _read_summary(run_dir)
 
     table = format_comparison(results, reference="full" if "full" in results else None)
     log("\nTest volumes 16-19 of the phantom (3D Dice, HD95 in mm):\n" + table)
-    (out / "results.md").write_text(table + "\n")
+    write_text_atomic(out / "results.md", table + "\n")
 
     # Overlay picture: the test volumes, scribbles, ground truth and every run.
     cfg = config_from_dict(demo_config(names[0], epochs=epochs, size=size))

@@ -46,11 +46,17 @@ from weakseg.data.base import Volume, VolumeSet
 from weakseg.data.priors import ORACLE_PRIORS, describe_priors
 from weakseg.data.slices import SliceData, augment_batch, build_slices, random_crop
 from weakseg.data.splits import select_groups
-from weakseg.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
+from weakseg.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    LEGACY_TEMPS,
+    load_checkpoint,
+    save_atomic,
+)
 from weakseg.engine.inference import predict_volume
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe
 from weakseg.models import MODELS
+from weakseg.safeio import atomic_path, check_output_folder, remove_stale_temps, write_text_atomic
 
 __all__ = [
     "DataSplits",
@@ -97,8 +103,13 @@ def load_data(cfg: Config) -> DataSplits:
     train = select_groups(dataset.volumes, cfg.data.train)
     val = select_groups(dataset.volumes, cfg.data.val) if cfg.data.val else []
     test = select_groups(dataset.volumes, cfg.data.test) if cfg.data.test else []
-    if not train:
-        raise WeaksegError(f"data.train='{cfg.data.train}' selects no volume of {cfg.data.name}")
+    for name, chosen in (("train", train), ("val", val), ("test", test)):
+        spec = getattr(cfg.data, name)
+        if not chosen and (name == "train" or spec):
+            raise WeaksegError(
+                f"data.{name}='{spec}' selects no volume of {cfg.data.name}; check the "
+                f"patient numbers{'' if name == 'train' else f' (or unset data.{name})'}"
+            )
     for name, other in (("val", val), ("test", test)):
         shared = {v.group for v in train} & {v.group for v in other}
         if shared:
@@ -141,12 +152,28 @@ def build_optimizer(
 
 
 def _device(name: str) -> torch.device:
+    """``train.device`` as a torch device, refusing one this torch build cannot use."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
-        raise WeaksegError(f"bad train.device '{name}'; use auto, cpu or cuda") from exc
+        raise WeaksegError(f"bad train.device '{name}'; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+            raise WeaksegError(
+                f"train.device={name} but this torch {torch.__version__} has {build}; use "
+                "train.device=cpu (or auto), or install a CUDA build of torch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise WeaksegError(
+                f"train.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type != "cpu":
+        raise WeaksegError(f"train.device={name} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -283,16 +310,33 @@ def constraint_stats(
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
+def _check_recipe_fits(
+    model: nn.Module, recipe: LossRecipe, data: SliceData, cfg: Config, device: torch.device
+) -> None:
+    """Evaluate the loss once on two training slices (eval mode: no state changes, no random
+    numbers drawn) so that a loss that does not fit the data (e.g. fixed size bounds for
+    another number of classes) fails before training starts, as a one-line error."""
+    n = min(2, len(data))
+    sample = SliceData(data.images[:n], data.targets[:n], data.keys[:n], data.index[:n],
+                       {k: v[:n] for k, v in data.extras.items()})
+    try:
+        constraint_stats(model, recipe, sample, batch_size=n, device=device)
+    except ValueError as exc:
+        if isinstance(exc, WeaksegError):
+            raise
+        names = ", ".join(term.name for term in cfg.loss)
+        raise WeaksegError(f"the loss ({names}) does not fit the data: {exc}; check the loss "
+                           "params against the data set's classes and priors") from exc
+
+
 def _write_log(history: list[dict[str, Any]], path: Path) -> None:
     cols: list[str] = []
     for row in history:
         cols += [k for k in row if k not in cols]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols)
         writer.writeheader()
         writer.writerows(history)
-    tmp.replace(path)
 
 
 def _same_config(saved: dict[str, Any], cfg: Config) -> list[str]:
@@ -327,12 +371,17 @@ def train(
         resume: continue from ``out_dir/last.pt`` when it exists.
         stop_after_epoch: stop (as if killed) after this many epochs; for tests.
     """
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "--out")
     last_path, best_path = out / "last.pt", out / "best.pt"
     if last_path.exists() and not resume:
         raise WeaksegError(
             f"{out} already holds a run (last.pt); pass --resume to continue it or choose "
             "another --out folder"
+        )
+    if resume and not last_path.exists():
+        raise WeaksegError(
+            f"nothing to resume in {out}: it has no last.pt; check the folder name, or drop "
+            "--resume to start a new run"
         )
     t = cfg.train
     if t.threads:
@@ -353,6 +402,7 @@ def train(
     model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
     recipe = LossRecipe(cfg.loss, num_classes=ds.num_classes,
                         class_names=list(ds.class_names)).to(device)
+    _check_recipe_fits(model, recipe, data, cfg, device)
     steps = t.steps_per_epoch or max(len(data) // t.batch_size, 1)
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
@@ -376,7 +426,8 @@ def train(
         history, best, start = ckpt["history"], ckpt["best"], int(ckpt["epoch"])
         log(f"resuming {out} after epoch {start}/{t.epochs}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
+    remove_stale_temps(out, LEGACY_TEMPS)  # left by a killed run
+    write_text_atomic(out / "config.yaml", dump_config(cfg))
     log(
         f"training {cfg.model.name} on {len(data)} slices from {len(splits.train)} volumes "
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
@@ -424,8 +475,8 @@ def train(
                 row.update({f"val_{k}": v for k, v in stats.items() if k.endswith("violated")})
             score = scores["dice_mean"]
         else:
-            score = -math.inf if splits.val else float(epoch)  # no val: keep the last epoch
-        if score > best["score"]:
+            score = -math.inf
+        if score > best["score"] or not splits.val:  # no validation: keep the last epoch
             best = {"epoch": epoch + 1, "score": float(score)}
             save_atomic({**meta, "model": model.state_dict(), "epoch": epoch + 1,
                          "score": float(score)}, best_path)
@@ -448,12 +499,12 @@ def train(
             f"({train_s:.1f}s, {row['images_per_s']:.1f} img/s)"
         )
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            return TrainResult(out, int(best["epoch"]), float(best["score"]),
+            return TrainResult(out, int(best["epoch"]), _score(best, splits.val),
                                time.perf_counter() - t0, history)
     if writer is not None:
         writer.close()
 
-    result = TrainResult(out, int(best["epoch"]), float(best["score"]),
+    result = TrainResult(out, int(best["epoch"]), _score(best, splits.val),
                          time.perf_counter() - t0, history)
     best_ckpt = load_checkpoint(best_path)
     model.load_state_dict(best_ckpt["model"])
@@ -476,8 +527,13 @@ def train(
         "val_metrics": result.val_metrics,
         "test_metrics": result.test_metrics,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return result
+
+
+def _score(best: dict[str, Any], val: list[Volume]) -> float:
+    """The best validation mean Dice, or NaN when there was no validation."""
+    return float(best["score"]) if val else math.nan
 
 
 def _tensorboard(out: Path) -> Any:
@@ -491,8 +547,19 @@ def _tensorboard(out: Path) -> Any:
 def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of a checkpoint; returns ``(model, checkpoint)``."""
     ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except WeaksegError as exc:
+        raise WeaksegError(f"checkpoint {path} holds an invalid config ({exc}); it was edited "
+                           "by hand or written by another weakseg version") from exc
     model = build_model(cfg, int(ckpt["in_channels"]), len(ckpt["class_names"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise WeaksegError(
+            f"checkpoint {path}: its weights do not fit the network its config describes "
+            f"({first[:160]}); the file was edited by hand or damaged, use it as written"
+        ) from exc
     model.eval()
     return model, ckpt
