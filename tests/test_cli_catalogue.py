@@ -24,6 +24,7 @@ from weakseg.cli import main
 from weakseg.data import DATASETS
 
 from .conftest import tiny_config
+from .test_data_monuseg import _fake as fake_monuseg
 
 AFFINE = np.diag([1.5, 1.5, 8.0, 1.0])
 
@@ -81,6 +82,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     (root / "corrupt").mkdir()
     (root / "corrupt" / "patient001_frame01.h5").write_bytes(b"not an hdf5 file")
     (root / "empty").mkdir()
+    _broken_readers(root, vset)
 
     raw = tiny_config(train__epochs=1)
     raw["data"] = {"name": "acdc_h5", "root": str(root / "h5"), "annotation": "scribble",
@@ -107,6 +109,22 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     torch.save(dict(ckpt, config={"train": {"lr": "fast"}}), root / "bad_config.pt")
     torch.save({"x": torch.nn.Linear(2, 2)}, root / "pickled_module.pt")  # refused by weights_only
     return {"root": root, "ckpt": run / "best.pt", "cfg": cfg}
+
+
+def _broken_readers(root: Path, vset) -> None:
+    """One broken copy of a NIfTI / MoNuSeg data set per mistake a reader must name."""
+    for name in ("nn_json", "nn_shape", "nn_orphan", "nn_nan"):
+        shutil.copytree(root / "nn", root / name)
+    (root / "nn_json" / "dataset.json").write_text("{")
+    _nii(np.zeros((4, 16, 16), np.uint8), root / "nn_shape" / "labelsTr" / "case000.nii.gz")
+    _nii(np.zeros((4, 32, 32), np.uint8), root / "nn_orphan" / "labelsTr" / "cas000.nii.gz")
+    nan = vset.volumes[0].image.copy()
+    nan[0, 0, 0] = np.nan
+    _nii(nan, root / "nn_nan" / "imagesTr" / "case000_0000.nii.gz")
+    fake_monuseg(root / "mo_json").joinpath("split.json").write_text("[not json")
+    fake_monuseg(root / "mo_split").joinpath("split.json").write_text('{"train": [1, 2]}')
+    fake_monuseg(root / "mo_noinst")
+    shutil.rmtree(root / "mo_noinst" / "labels_instance")
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -151,6 +169,16 @@ def _train(*sets: str, config: str = "{CFG}") -> list[str]:
     return argv
 
 
+def _nifti(name: str) -> list[str]:
+    return _train("data.name=nifti", f"data.root={{IN}}/{name}", "data.annotation=full",
+                  "data.train=0-2", "data.val=3")
+
+
+def _monuseg(name: str) -> list[str]:
+    return _train("data.name=monuseg", f"data.root={{IN}}/{name}", "data.annotation=full",
+                  "data.train=split:train", "data.val=split:val", "model.params.depth=2")
+
+
 TRAIN_CASES = {
     "config missing": (["train", "--config", "{IN}/missing.yaml"], "config file not found"),
     "config is a folder": (["train", "--config", "{IN}"], "is a folder"),
@@ -188,6 +216,13 @@ TRAIN_CASES = {
     "data corrupt h5": (_train("data.root={IN}/corrupt"), "cannot read"),
     "data label rank": (_train("data.root={IN}/rank", "data.train=1", "data.val="),
                         "does not match image shape"),
+    "nifti dataset.json not JSON": (_nifti("nn_json"), "dataset.json"),
+    "nifti label of another shape": (_nifti("nn_shape"), "does not match"),
+    "nifti label without image": (_nifti("nn_orphan"), "cas000"),
+    "nifti image with NaN": (_nifti("nn_nan"), "NaN"),
+    "monuseg split.json not JSON": (_monuseg("mo_json"), "cannot read"),
+    "monuseg split.json not names": (_monuseg("mo_split"), "a list of tile names per split"),
+    "monuseg without instance labels": (_monuseg("mo_noinst"), "labels_instance"),
     "data size not multiple of 16": (_train("data.size=40"), "multiple of 16"),
     "data crop above size": (_train("data.crop=64"), "data.crop' must be a multiple of 16"),
     "train selects nothing": (_train("data.train=77"), "data.train='77' selects no volume"),
@@ -241,7 +276,7 @@ EVALUATE_CASES = {
     **{name: (["evaluate", "--checkpoint", ck, "--data", "{IN}/h5"], match)
        for name, (ck, match) in CHECKPOINT_CASES.items()},
     "data missing": (["evaluate", "--checkpoint", "{CKPT}", "--data", "{IN}/nope"],
-                     "folder not found"),
+                     "/nope does not exist; give a folder of .h5"),
     "data empty": (["evaluate", "--checkpoint", "{CKPT}", "--data", "{IN}/empty"],
                    "no supported images"),
     "data is an h5 file": (["evaluate", "--checkpoint", "{CKPT}", "--data",
@@ -292,7 +327,7 @@ PREDICT_CASES = {
     "output contains the input": (_predict("{IN}/nn/imagesTs", "{IN}/nn"),
                                   "holds input images or labels"),
     "output is an existing file": (_predict("{IN}/h5", "{CFG}"), "is an existing file"),
-    "input missing": (_predict("{IN}/nope", "{OUT}/pred"), "folder not found"),
+    "input missing": (_predict("{IN}/nope", "{OUT}/pred"), "does not exist; give a folder"),
     "input without images": (_predict("{IN}/empty", "{OUT}/pred"), "no supported images"),
     "input corrupt": (_predict("{IN}/corrupt", "{OUT}/pred"), "cannot read"),
     "input with other channels": (_predict("{IN}/two_channels", "{OUT}/pred"),
@@ -300,9 +335,9 @@ PREDICT_CASES = {
 }
 
 DEMO_CASES = {
-    "epochs zero": (["demo", "--epochs", "0", "--out", "{OUT}/demo"], "'train.epochs' must be ≥ 1"),
+    "epochs zero": (["demo", "--epochs", "0", "--out", "{OUT}/demo"], "--epochs must be ≥ 1"),
     "size not multiple of 16": (["demo", "--size", "40", "--out", "{OUT}/demo"],
-                                "multiple of 16"),
+                                "--size must be a multiple of 16"),
     "epochs not a number": (["demo", "--epochs", "ten"], "invalid int value: 'ten'"),
     "out is an existing file": (["demo", "--out", "{CFG}"], "is an existing file"),
 }

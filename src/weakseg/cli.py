@@ -41,6 +41,11 @@ evaluate refuses volumes without a label map (--allow-missing skips and lists th
 def _cmd_demo(args: argparse.Namespace) -> int:
     from weakseg.demo import run_demo
 
+    if args.epochs < 1:
+        raise WeaksegError(f"--epochs must be ≥ 1, got {args.epochs}")
+    if args.size < 16 or args.size % 16:
+        raise WeaksegError(f"--size must be a multiple of 16 (U-Net down-sampling), got "
+                           f"{args.size}")
     run_demo(args.out, epochs=args.epochs, size=args.size, progress=not args.quiet)
     return 0
 
@@ -72,6 +77,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"evaluate_{Path(args.data).resolve().name}.csv"
     )
     check_output_file(out, "--out", ".csv")
+    _check_exists(args.data, "--data", "a folder of .h5 files or an nnU-Net raw folder")
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
     vset = read_labelled(args.data, num_classes=len(ckpt["class_names"]))
     volumes = select_groups(vset.volumes, args.patients)
@@ -106,6 +112,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from weakseg.engine.trainer import load_model_from_checkpoint
 
     out = check_output_folder(args.output, "--output")
+    _check_exists(args.input, "--input", "a folder (or file) of .h5 or NIfTI images")
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
     volumes = read_images(args.input)
     if not volumes:
@@ -134,6 +141,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         remove_stale_temps(out)
     print(f"wrote {len(written)} label maps to {out}")
     return 0
+
+
+def _check_exists(path: str, option: str, what: str) -> None:
+    if not Path(path).expanduser().exists():
+        raise WeaksegError(f"{option} {path} does not exist; give {what}")
 
 
 def _partial(written: list[Path], targets: list[Path], out: Path) -> str:

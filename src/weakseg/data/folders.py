@@ -151,7 +151,8 @@ def check_prediction_targets(
         return targets
     for protected in _protected_folders(inp):
         if is_within(out, protected) or is_within(protected, out):
-            where = "inside" if is_within(out, protected) else "contains"
+            where = ("is" if out.resolve() == protected.resolve() else
+                     "is inside" if is_within(out, protected) else "contains")
             raise WeaksegError(
                 f"--output {out} {where} {protected}, which holds input images or labels; "
                 "choose a folder outside the data set (or pass --force if that is intended)"

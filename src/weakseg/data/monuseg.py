@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -201,15 +202,29 @@ def _read_split(root: Path, split: str) -> list[str]:
     path = root / "split.json"
     if not path.is_file():
         raise WeaksegError(f"{path} not found; it is needed for split='{split}' (or unset split)")
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise WeaksegError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(spec, dict) or not isinstance(spec.get(split), list):
+    spec = _read_split_file(path)
+    if not isinstance(spec.get(split), list):
         raise WeaksegError(
             f"{path}: expected {{\"train\": [...], \"val\": [...]}} with a list under '{split}'"
         )
     return [Path(str(name)).stem for name in spec[split]]
+
+
+def _read_split_file(path: Path) -> dict[str, Any]:
+    """``split.json`` as a mapping of split name → list of tile names; a malformed file is an
+    error (never silently "no splits")."""
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeaksegError(f"cannot read {path}: {exc}; fix the JSON or remove the file") from exc
+    bad = not isinstance(spec, dict) or any(
+        not isinstance(v, list) or not all(isinstance(x, str) for x in v) for v in spec.values())
+    if bad:
+        raise WeaksegError(
+            f"{path}: expected {{\"train\": [\"<tile>.png\", ...], \"val\": [...]}}, "
+            "a list of tile names per split"
+        )
+    return spec
 
 
 @DATASETS.register(
@@ -273,12 +288,10 @@ def load_monuseg(
         volumes.append(read_monuseg_tile(images[stem], inst, point if point.is_file() else None,
                                          point_radius=point_radius))
     if (root / "split.json").is_file():
+        spec = _read_split_file(root / "split.json")
         member: dict[str, str] = {}
-        for name in _SPLITS:
-            try:
-                member.update({s: name for s in _read_split(root, name)})
-            except WeaksegError:  # split.json without this split: tiles stay unassigned
-                continue
+        for name in _SPLITS:  # a split the file does not list leaves its tiles unassigned
+            member.update({Path(t).stem: name for t in spec.get(name, [])})
         for vol in volumes:
             if vol.key in member:
                 vol.meta["split"] = member[vol.key]
