@@ -43,8 +43,9 @@ def run(names: list[str], threads: int, *, prefix: str = "acdc_",
         if (out / "summary.json").exists():
             print(f"{name}: done already")
             continue
+        resume = ["--resume"] if (out / "last.pt").exists() else []  # an interrupted run
         cmd = [sys.executable, "-m", "weakseg.cli", "train", "--config", str(cfg), "--out",
-               str(out), "--resume", "--quiet", "--set", f"train.threads={threads}"]
+               str(out), *resume, "--quiet", "--set", f"train.threads={threads}"]
         if seed:
             cmd.append(f"train.seed={int(seed)}")
         print(" ".join(cmd), flush=True)
