@@ -259,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun with --resume to continue from the last epoch", file=sys.stderr)
+        hint = {"train": "; rerun with --resume to continue from the last epoch",
+                "demo": "; rerun the demo to continue where it stopped"}.get(args.command, "")
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an input we do not check yet: one line, not a traceback
         if getattr(args, "debug", False):
