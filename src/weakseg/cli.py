@@ -11,9 +11,10 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from weakseg.errors import WeaksegError
+from weakseg.registry import Registry
 from weakseg.safeio import check_output_file, check_output_folder, remove_stale_temps
 
 __all__ = ["build_parser", "main"]
@@ -163,7 +164,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from weakseg.losses import LOSSES
     from weakseg.models import MODELS
 
-    registries = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS,
+    registries: dict[str, Registry[Any]] = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS,
                   "annotators": ANNOTATORS}
     kinds = [args.kind] if args.kind else list(registries)
     for kind in kinds:
@@ -184,7 +185,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from weakseg import __version__
 
-    debug = argparse.ArgumentParser(add_help=False)
+    debug: argparse.ArgumentParser = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an unexpected error")
     parser = _Parser(
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"weakseg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    sub: Any = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
     p = sub.add_parser("demo", parents=[debug],
                        help="full vs scribble supervision on the embedded phantom (<5 min)")

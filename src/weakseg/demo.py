@@ -80,7 +80,7 @@ def run_demo(
         else:
             log(f"[{name}] training ({cfg.data.annotation} + {cfg.loss[0].name})")
             train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), progress=progress,
-                  log=lambda s, n=name: log(f"[{n}] {s}"))
+                  log=_prefixed(log, name))
         results[name] = _read_summary(run_dir)
 
     table = format_comparison(results, reference="full" if "full" in results else None)
@@ -101,6 +101,11 @@ def run_demo(
     curves = plot_curves(out / "curves.png", {n: out / n / "log.csv" for n in names})
     log(f"\nwrote {overlay}, {curves} and {out / 'results.md'}")
     return results
+
+
+def _prefixed(log: Callable[[str], None], name: str) -> Callable[[str], None]:
+    """``log`` with every line prefixed by ``[name]``."""
+    return lambda line: log(f"[{name}] {line}")
 
 
 def _read_summary(run_dir: Path) -> dict[str, float]:

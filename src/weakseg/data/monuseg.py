@@ -58,7 +58,8 @@ def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as opened:
+            img: Image.Image = opened
             if img.mode in ("RGBA", "P", "CMYK", "LA", "YCbCr"):
                 img = img.convert("RGB")
             return np.array(img)

@@ -99,7 +99,7 @@ def _nifti_files(folder: Path) -> list[Path]:
 def _read(path: Path, *, labels: bool = False) -> tuple[np.ndarray, np.ndarray, Any]:
     """Return ``(array (X, Y, Z[, K]), affine, header)`` of one NIfTI file."""
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))  # a spatial image (nibabel's stubs say less)
         if labels:
             data = np.asarray(img.dataobj)
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,10 @@ _COLORS = np.array(
 
 
 _BACKGROUND_MARK = np.array([1.0, 0.85, 0.1])  # labelled background in weak annotations
+
+
+def _rgb(colour: np.ndarray) -> tuple[float, float, float]:
+    return float(colour[0]), float(colour[1]), float(colour[2])
 
 
 def _overlay(
@@ -43,7 +47,7 @@ def _overlay(
 def plot_overlays(
     path: str | Path,
     images: Sequence[np.ndarray],
-    columns: dict[str, Sequence[np.ndarray | None]],
+    columns: Mapping[str, Sequence[np.ndarray | None]],
     *,
     row_titles: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
@@ -78,10 +82,10 @@ def plot_overlays(
         ax.set_xticks([])
         ax.set_yticks([])
     if class_names:
-        handles = [Patch(color=_COLORS[k % len(_COLORS)], label=name)
+        handles = [Patch(color=_rgb(_COLORS[k % len(_COLORS)]), label=name)
                    for k, name in enumerate(class_names) if k > 0]
         if weak_columns:
-            handles.append(Patch(color=_BACKGROUND_MARK, label=f"{class_names[0]} (weak)"))
+            handles.append(Patch(color=_rgb(_BACKGROUND_MARK), label=f"{class_names[0]} (weak)"))
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     fig.tight_layout(rect=(0, 0.04 if class_names else 0, 1, 1))
     path = Path(path)
@@ -126,7 +130,7 @@ def plot_curves(path: str | Path, logs: dict[str, str | Path]) -> Path:
 def plot_volume_overlays(
     path: str | Path,
     volumes: Sequence[Volume],
-    predictions: dict[str, Sequence[np.ndarray]],
+    predictions: Mapping[str, Sequence[np.ndarray]],
     *,
     class_names: Sequence[str] | None = None,
     annotation: str | None = None,
