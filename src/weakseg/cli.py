@@ -164,8 +164,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from weakseg.losses import LOSSES
     from weakseg.models import MODELS
 
-    registries: dict[str, Registry[Any]] = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS,
-                  "annotators": ANNOTATORS}
+    registries: dict[str, Registry[Any]] = {
+        "models": MODELS, "losses": LOSSES, "datasets": DATASETS, "annotators": ANNOTATORS,
+    }
     kinds = [args.kind] if args.kind else list(registries)
     for kind in kinds:
         reg = registries[kind]
