@@ -6,9 +6,11 @@ Usage (each run is `weakseg train --resume`, so an interrupted benchmark continu
     python benchmarks/acdc_constraints.py report --notes benchmarks/acdc_constraints_notes.md
 
 Runs are named after configs/acdc_constraints_<name>.yaml and live in
-benchmarks/results/acdc_constraints/<name>. The report reads each run's summary.json and
-log.csv, and measures the constraint satisfaction of the selected model on the validation
-slices (size bounds from the validation tags and the training-set statistics, as in training).
+benchmarks/results/acdc_constraints/<name> (or $WEAKSEG_BENCH_RESULTS/<name>: a separate
+folder, e.g. to re-run rows after a refactor without touching the published runs). The
+report reads each run's summary.json and log.csv, and measures the constraint satisfaction
+of the selected model on the validation slices (size bounds from the validation tags and the
+training-set statistics, as in training).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +27,8 @@ from _common import bench_main, md_table, median  # noqa: E402
 from acdc_scribbles import CLASSES, REPO, _machine_line, run  # noqa: E402
 from acdc_scribbles import overlay as _overlay  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results" / "acdc_constraints"
+RESULTS = Path(os.environ.get("WEAKSEG_BENCH_RESULTS")
+               or REPO / "benchmarks" / "results" / "acdc_constraints")
 DOC = REPO / "docs" / "benchmarks" / "acdc_constraints.md"
 PREFIX = "acdc_constraints_"
 ORDER = ["full", "points_pce", "points_size_penalty", "points_size_logbarrier",

@@ -135,3 +135,108 @@ def test_annotation_none_trains_from_priors_alone(volumes):
     assert data.labelled_fraction == 0.0 and set(data.extras) == {"tags", "bounds"}
     with pytest.raises(WeaksegError, match="nothing to learn from"):
         build_slices(volumes, annotation="none", num_classes=C, size=32)
+
+
+# ------------------------------------------------------- the registry, crops, index
+
+
+def test_crop_recomputes_tags_and_boxes_of_the_window():
+    """A crop that cuts a class away must drop its tag, and boxes must be those of the
+    window (the old random_crop kept the slice's tags and cut its box masks)."""
+    from weakseg.annotate.boxes import box_masks, boxes_from_mask, tags_from_mask
+    from weakseg.data.slices import random_crop
+
+    n, size, crop = 32, 16, 6
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    labels[:, 1:4, 1:4] = 1                                   # top-left only
+    labels[:, 10:15, 2:14] = 2                                # bottom band
+    labels[:, 3:12, 12:13] = 3                                # thin right column
+    full = labels.numpy()
+    extras = {"tags": torch.from_numpy(tags_from_mask(full, num_classes=C)),
+              "boxes": torch.from_numpy(box_masks(np.where(
+                  np.arange(C)[None, :, None] == 0, -1,
+                  boxes_from_mask(full, num_classes=C)), (size, size)))}
+    images = labels[:, None].float()
+    _, cy, out = random_crop(images, labels, torch.Generator().manual_seed(0), crop, extras,
+                             labels=labels.to(torch.uint8))
+    window = cy.numpy()                                       # the crops' full labels
+    expected_tags = tags_from_mask(window, num_classes=C)
+    assert not expected_tags.all()                            # some crop lost a class
+    assert torch.equal(out["tags"], torch.from_numpy(expected_tags))
+    boxes = boxes_from_mask(window, num_classes=C)
+    boxes[:, 0] = -1
+    assert torch.equal(out["boxes"], torch.from_numpy(box_masks(boxes, (crop, crop))))
+    # the old behaviour (tags kept, box masks cut) is wrong for these crops
+    assert not torch.equal(out["tags"], extras["tags"])
+
+
+def test_crop_needs_the_label_maps_and_forbids_whole_slice_bounds():
+    from weakseg.data.slices import random_crop
+
+    x, y = torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(WeaksegError, match="recompute \\['tags'\\]"):
+        random_crop(x, y, gen, 4, {"tags": torch.ones(2, C, dtype=torch.bool)})
+    with pytest.raises(WeaksegError, match="'bounds'.*whole slices"):
+        random_crop(x, y, gen, 4, {"bounds": torch.zeros(2, C, 2)})
+    index = torch.tensor([5, 7])
+    assert random_crop(x, y, gen, 4, {"index": index})[2]["index"] is index
+
+
+def test_build_slices_keeps_crop_labels_only_for_recomputed_priors(volumes):
+    assert _build(volumes, ["bounds_from_tags"]).crop_labels is None
+    data = _build(volumes, ["tags"])
+    assert data.crop_labels is not None and data.crop_labels.dtype == torch.uint8
+    assert torch.equal(data.crop_labels.long(), torch.from_numpy(_resized(volumes, 32)))
+
+
+def test_registry_names_keys_and_transforms():
+    from weakseg.data.priors import (
+        PRIOR_KEYS,
+        PRIOR_REGISTRY,
+        SAMPLE_KEYS,
+        SPATIAL_EXTRAS,
+    )
+
+    assert PRIORS == ("tags", "boxes", "bounds_from_tags", "bounds_from_boxes",
+                      "oracle_bounds")
+    assert PRIOR_KEYS["bounds_from_boxes"] == "bounds" and SPATIAL_EXTRAS == {"boxes"}
+    assert SAMPLE_KEYS == {"index"} and "index" not in PRIORS
+    assert {PRIOR_REGISTRY.get(n).on_crop for n in ("tags", "boxes")} == {"recompute"}
+    with pytest.raises(WeaksegError, match="did you mean 'boxes'"):
+        PRIOR_REGISTRY.get("boxs")
+    with pytest.raises(WeaksegError, match="did you mean 'tags'"):
+        check_priors(["tagz"])
+
+
+def test_sample_entries_carry_the_index(volumes):
+    data = _build(volumes, ["tags"])
+    positions = torch.tensor([3, 0, 2])
+    entries = data.entries(positions)
+    assert set(entries) == {"tags", "index"}
+    assert torch.equal(entries["index"], positions)
+    assert torch.equal(entries["tags"], data.extras["tags"][positions])
+    assert set(_build(volumes, []).entries(positions)) == {"index"}
+
+
+def test_annotate_does_not_import_data():
+    """No data <-> annotate cycle: annotate imports nothing of weakseg.data (at any level),
+    and either package imports first in a fresh interpreter."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import weakseg.annotate
+    from weakseg.data.base import IGNORE_INDEX
+    from weakseg.labels import IGNORE_INDEX as LABELS_IGNORE
+
+    assert IGNORE_INDEX == LABELS_IGNORE
+    for path in Path(weakseg.annotate.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("weakseg.data"), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("weakseg.data") for a in node.names), path
+    for first in ("weakseg.annotate", "weakseg.data.priors", "weakseg.data.slices"):
+        subprocess.run([sys.executable, "-c", f"import {first}"], check=True)

@@ -510,7 +510,9 @@ def test_registered_centroid_with_fixed_bounds_and_area_sort():
     expected = apply("penalty", centroid_constraints(
         logits, torch.tensor(fixed).expand(2, 2, 2, 2), fraction=True).g)
     torch.testing.assert_close(loss(logits), expected)
-    with pytest.raises(ValueError, match="shape \\(C, D, 2\\)"):
+    with pytest.raises(ValueError, match="shape \\(C, D, 2\\)"):  # past the registry's type check
+        CentroidConstraintLoss(bounds=[[0.0, 1.0]])
+    with pytest.raises(ValueError, match="bounds"):
         LOSSES.build("centroid", bounds=[[0.0, 1.0]])
     with pytest.raises(ValueError, match="lo <= hi"):
         LOSSES.build("centroid", bounds=[[[0.6, 0.4]], [[0.0, 1.0]]])
@@ -551,6 +553,6 @@ def test_proposal_method_pulls_towards_the_constrained_proposal():
         LOSSES.build("centroid", method="proposal")
     with pytest.raises(ValueError, match="proposal_iterations"):
         LOSSES.build("tags", method="proposal", proposal_iterations=0)
-    with pytest.raises(WeaksegError, match="unknown constraint objective 'barrier' "
+    with pytest.raises(WeaksegError, match="unknown objective method 'barrier' "
                        r"\(did you mean 'log_barrier'\?\)"):
         LOSSES.build("size", method="barrier")

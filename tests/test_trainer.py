@@ -217,12 +217,15 @@ def test_random_crop_cuts_spatial_extras_alike():
 
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float).reshape(2, 1, 8, 8)
     y = x[:, 0].long()
-    boxes = x.expand(2, 3, 8, 8) > 60
-    tags = torch.ones(2, 3, dtype=torch.bool)
+    mask = x.expand(2, 3, 8, 8) > 60
+    other = torch.ones(2, 3, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
-    cx, cy, extras = random_crop(x, y, gen, 4, {"boxes": boxes, "tags": tags})
+    # tags and boxes are recomputed for the window (tests/test_data_priors.py); a spatial
+    # entry is cut like the image, any other passes unchanged
+    cx, cy, extras = random_crop(x, y, gen, 4, {"mask": mask, "other": other},
+                                 spatial={"mask"})
     assert cx.shape == (2, 1, 4, 4) and cy.shape == (2, 4, 4)
-    assert torch.equal(cx[:, 0].long(), cy) and torch.equal(extras["boxes"][:, 0], cx[:, 0] > 60)
-    assert extras["tags"] is tags
+    assert torch.equal(cx[:, 0].long(), cy) and torch.equal(extras["mask"][:, 0], cx[:, 0] > 60)
+    assert extras["other"] is other
     with pytest.raises(WeaksegError, match="does not fit"):
         random_crop(x, y, gen, 9)

@@ -290,10 +290,10 @@ def _check_params(cfg: Config) -> None:
 def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:
     """Every batch entry a loss reads must come from the data (image, target, the sample
     index or a prior)."""
-    from weakseg.data.priors import PRIOR_KEYS, check_priors, priors_providing
+    from weakseg.data.priors import PRIOR_KEYS, SAMPLE_KEYS, check_priors, priors_providing
 
     check_priors(cfg.data.priors)
-    provided = {"image", "target", "index"} | {PRIOR_KEYS[p] for p in cfg.data.priors}
+    provided = {"image", "target"} | SAMPLE_KEYS | {PRIOR_KEYS[p] for p in cfg.data.priors}
     for term, loss in zip(cfg.loss, recipe.losses, strict=True):
         for key in getattr(loss, "inputs", ("target",)):
             if key in provided:

@@ -34,8 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from weakseg.annotate.base import ANNOTATORS, check_label_map, is_int
-from weakseg.data.base import IGNORE_INDEX
 from weakseg.errors import WeaksegError
+from weakseg.labels import IGNORE_INDEX
 
 __all__ = [
     "box_masks",

@@ -2,7 +2,7 @@
 
 Two registered annotators, both following the ``ANNOTATORS`` contract
 (``fn(label, *, num_classes, seed, **params)`` returns an int64 map of the same
-shape with :data:`~weakseg.data.base.IGNORE_INDEX` on unlabelled pixels):
+shape with :data:`~weakseg.labels.IGNORE_INDEX` on unlabelled pixels):
 
 * ``"points"`` (:func:`simulate_points`): one or a few clicks per structure, as
   in point-supervised segmentation (Bearman et al., "What's the point", ECCV
@@ -25,8 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 from weakseg.annotate.base import ANNOTATORS, check_label_map, check_seed, is_int
-from weakseg.data.base import IGNORE_INDEX
 from weakseg.errors import WeaksegError
+from weakseg.labels import IGNORE_INDEX
 
 __all__ = ["simulate_eroded_blobs", "simulate_points"]
 
@@ -227,7 +227,7 @@ def simulate_points(
 
     Returns:
         int64 array of the shape of ``label``: the class index on clicked pixels,
-        :data:`~weakseg.data.base.IGNORE_INDEX` elsewhere.
+        :data:`~weakseg.labels.IGNORE_INDEX` elsewhere.
     """
     where = "point simulation"
     labels, squeeze = check_label_map(label, num_classes, where)
@@ -343,7 +343,7 @@ def simulate_eroded_blobs(
 
     Returns:
         int64 array of the shape of ``label``: the class index inside the blobs,
-        :data:`~weakseg.data.base.IGNORE_INDEX` elsewhere.
+        :data:`~weakseg.labels.IGNORE_INDEX` elsewhere.
     """
     where = "eroded-blob simulation"
     labels, squeeze = check_label_map(label, num_classes, where)

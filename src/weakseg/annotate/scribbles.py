@@ -16,8 +16,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from weakseg.annotate.base import ANNOTATORS, check_label_map
-from weakseg.data.base import IGNORE_INDEX
 from weakseg.errors import WeaksegError
+from weakseg.labels import IGNORE_INDEX
 
 __all__ = ["simulate_scribbles"]
 
@@ -92,7 +92,7 @@ def simulate_scribbles(
 
     Returns:
         int64 array of the same shape as ``label`` holding the class index on
-        scribbled pixels and :data:`~weakseg.data.base.IGNORE_INDEX` elsewhere.
+        scribbled pixels and :data:`~weakseg.labels.IGNORE_INDEX` elsewhere.
     """
     labels = _check_inputs(label, num_classes, seed, classes, width, erosion, fraction)
     wanted = sorted(set(range(num_classes) if classes is None else (int(c) for c in classes)))

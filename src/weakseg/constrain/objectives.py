@@ -67,7 +67,7 @@ UNITS = ("fraction", "pixels")
 Again = Callable[[torch.Tensor], dict[str, Constraint]]
 
 #: Objectives by method name; ``objective: {method: <name>, ...}`` in a constraint loss.
-OBJECTIVES: Registry[type[Objective]] = Registry("constraint objective")
+OBJECTIVES: Registry[type[Objective]] = Registry("objective method")
 
 
 class Objective(nn.Module):

@@ -22,6 +22,15 @@ prior                  batch key    what it is
                                     of the slice it constrains; **ablations only**
 =====================  ===========  ==========================================================
 
+Every prior is an entry of the registry :data:`PRIOR_REGISTRY`: its batch key, its producer
+(from the full label maps), and how it changes when a training batch is rotated / flipped
+(:func:`~weakseg.data.slices.augment_batch`) or cut to a crop window
+(:func:`~weakseg.data.slices.random_crop`): ``boxes`` move and are cut with the image, but
+both ``tags`` and ``boxes`` are *recomputed* from the window's full label map (a crop can
+cut a class away, or shrink its box); size bounds describe whole slices and forbid a crop.
+The registry also holds ``index``, the batch entry every sample carries without being
+listed (its position in the training set, for per-image Lagrange multipliers).
+
 Class 0 is the background. At most one ``bounds`` source per run. With the phantom or any data
 with full masks these are *simulated* weak annotations (tags, boxes) or statistics; the only
 oracle is ``oracle_bounds``, and the trainer says so in its log.
@@ -29,42 +38,147 @@ oracle is ``oracle_bounds``, and the trainer says so in its log.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from weakseg.annotate.boxes import (
+    box_masks,
+    boxes_from_mask,
+    oracle_size_bounds,
+    size_bounds_from_boxes,
+    size_bounds_from_tags,
+    size_stats,
+    tags_from_mask,
+)
 from weakseg.errors import WeaksegError
-from weakseg.registry import did_you_mean
+from weakseg.registry import Registry, did_you_mean
 
 __all__ = [
+    "CROP_RULES",
     "ORACLE_PRIORS",
     "PRIORS",
     "PRIOR_KEYS",
+    "PRIOR_REGISTRY",
+    "SAMPLE_KEYS",
     "SPATIAL_EXTRAS",
+    "Prior",
     "check_priors",
     "compute_priors",
+    "crop_priors",
     "describe_priors",
     "priors_providing",
+    "sample_entries",
 ]
-
-#: The priors a config may list under ``data.priors``, and the batch key each one fills.
-PRIOR_KEYS: dict[str, str] = {
-    "tags": "tags",
-    "boxes": "boxes",
-    "bounds_from_tags": "bounds",
-    "bounds_from_boxes": "bounds",
-    "oracle_bounds": "bounds",
-}
-PRIORS: tuple[str, ...] = tuple(PRIOR_KEYS)
-#: Priors that read the ground truth of the very slice they constrain.
-ORACLE_PRIORS: tuple[str, ...] = ("oracle_bounds",)
-#: Batch entries laid out like the image (``(..., H, W)``): augmentation rotates/flips them.
-SPATIAL_EXTRAS: frozenset[str] = frozenset({"boxes"})
 
 #: Box-size fractions of ``bounds_from_boxes`` and the margin of ``oracle_bounds``.
 BOX_BOUNDS = (0.5, 0.9)
 ORACLE_MARGIN = 0.1
+
+#: What a crop window does to a batch entry: ``"cut"`` (spatial: cut at the window),
+#: ``"recompute"`` (produced again from the window's full label map), ``"keep"``
+#: (invariant), ``"forbid"`` (a whole-slice value no window keeps).
+CROP_RULES = ("cut", "recompute", "keep", "forbid")
+
+
+@dataclass(frozen=True)
+class Prior:
+    """One per-sample batch entry besides image and target.
+
+    ``produce(labels, num_classes)`` maps full label maps ``(N, S, S)`` to the entry for every
+    slice (first dimension ``N``); ``spatial`` entries are laid out like the image
+    (``(..., S, S)``) and rotate / flip with it; ``on_crop`` is one of :data:`CROP_RULES`.
+    ``listed=False`` entries are not named under ``data.priors``: every sample carries them,
+    produced from the samples' positions by ``from_positions``.
+    """
+
+    key: str
+    description: str
+    produce: Callable[[np.ndarray, int], np.ndarray] | None = None
+    spatial: bool = False
+    on_crop: str = "keep"
+    oracle: bool = False
+    listed: bool = True
+    from_positions: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+#: name → :class:`Prior`; ``data.priors`` lists names of the listed ones.
+PRIOR_REGISTRY: Registry[Prior] = Registry("prior")
+
+
+def _tags(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return tags_from_mask(labels, num_classes=num_classes)
+
+
+def _object_boxes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    boxes = boxes_from_mask(labels, num_classes=num_classes)                  # (N, C, 4)
+    boxes[:, 0] = -1                          # the background is not an object with a box
+    return boxes
+
+
+def _box_masks(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return box_masks(_object_boxes(labels, num_classes), labels.shape[-2:])
+
+
+def _bounds_from_tags(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return size_bounds_from_tags(_tags(labels, num_classes), size_stats(labels, num_classes))
+
+
+def _bounds_from_boxes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    bounds = size_bounds_from_boxes(_object_boxes(labels, num_classes), *BOX_BOUNDS)
+    bounds[:, 0] = (0.0, np.inf)
+    return bounds
+
+
+def _oracle_bounds(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return oracle_size_bounds(labels, num_classes=num_classes, margin=ORACLE_MARGIN)
+
+
+_lo, _hi = BOX_BOUNDS
+_DEFINED: dict[str, Prior] = {
+    "tags": Prior("tags", "classes present in each training slice, from its full mask "
+                  "(simulated tags)", _tags, on_crop="recompute"),
+    "boxes": Prior("boxes", "tight box of each foreground class in each training slice, from "
+                   "its full mask (simulated boxes; none for the background)", _box_masks,
+                   spatial=True, on_crop="recompute"),
+    "bounds_from_tags": Prior("bounds", "size bounds = tags x (min, max) class size over the "
+                              "full masks of the {num_slices} training slices (a data-set "
+                              "statistic of the training set)", _bounds_from_tags,
+                              on_crop="forbid"),
+    "bounds_from_boxes": Prior("bounds", f"size bounds [{_lo:g}, {_hi:g}] x box area per "
+                               "foreground class, background unbounded", _bounds_from_boxes,
+                               on_crop="forbid"),
+    "oracle_bounds": Prior("bounds", "reads the ground truth; for ablations only (true size of "
+                           f"each training slice +- {100 * ORACLE_MARGIN:g} %)", _oracle_bounds,
+                           on_crop="forbid", oracle=True),
+    "index": Prior("index", "position of each sample in the training set (per-image Lagrange "
+                   "multipliers)", listed=False, from_positions=lambda pos: pos),
+}
+for _name, _prior in _DEFINED.items():
+    PRIOR_REGISTRY.register(_name, help=_prior.description)(_prior)
+
+#: The priors a config may list under ``data.priors`` (in listing order), and the batch key
+#: each one fills.
+PRIORS: tuple[str, ...] = tuple(name for name, prior in _DEFINED.items() if prior.listed)
+PRIOR_KEYS: dict[str, str] = {name: _DEFINED[name].key for name in PRIORS}
+#: Priors that read the ground truth of the very slice they constrain.
+ORACLE_PRIORS: tuple[str, ...] = tuple(n for n in PRIORS if _DEFINED[n].oracle)
+#: Batch entries laid out like the image (``(..., H, W)``): augmentation rotates/flips them.
+SPATIAL_EXTRAS: frozenset[str] = frozenset(p.key for p in _DEFINED.values() if p.spatial)
+#: Batch entries every sample carries without a ``data.priors`` entry (``index``).
+SAMPLE_KEYS: frozenset[str] = frozenset(p.key for p in _DEFINED.values() if not p.listed)
+
+
+def _rule(key: str) -> str | None:
+    """The crop rule of batch key ``key`` (``None`` for keys no prior fills)."""
+    rules = {p.on_crop for p in _DEFINED.values() if p.key == key}
+    return rules.pop() if len(rules) == 1 else None
+
+
+def _producer(key: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    return next(p.produce for p in _DEFINED.values() if p.key == key and p.produce is not None)
 
 
 def priors_providing(key: str) -> list[str]:
@@ -91,20 +205,8 @@ def check_priors(priors: Sequence[str]) -> None:
 
 def describe_priors(priors: Sequence[str], num_slices: int) -> list[str]:
     """One log line per prior saying where it comes from (oracle priors say so)."""
-    lo, hi = BOX_BOUNDS
-    text = {
-        "tags": "classes present in each training slice, from its full mask (simulated tags)",
-        "boxes": "tight box of each foreground class in each training slice, from its full "
-                 "mask (simulated boxes; none for the background)",
-        "bounds_from_tags": "size bounds = tags x (min, max) class size over the full masks of "
-                            f"the {num_slices} training slices (a data-set statistic of the "
-                            "training set)",
-        "bounds_from_boxes": f"size bounds [{lo:g}, {hi:g}] x box area per foreground class, "
-                             "background unbounded",
-        "oracle_bounds": f"reads the ground truth; for ablations only (true size of each "
-                         f"training slice +- {100 * ORACLE_MARGIN:g} %)",
-    }
-    return [f"{name}: {text[name]}" for name in priors]
+    return [f"{name}: {_DEFINED[name].description.format(num_slices=num_slices)}"
+            for name in priors]
 
 
 def compute_priors(
@@ -123,16 +225,6 @@ def compute_priors(
         ``(N, C)`` bool, ``boxes`` ``(N, C, S, S)`` bool, ``bounds`` ``(N, C, 2)`` float32
         (pixels).
     """
-    from weakseg.annotate.boxes import (
-        box_masks,
-        boxes_from_mask,
-        oracle_size_bounds,
-        size_bounds_from_boxes,
-        size_bounds_from_tags,
-        size_stats,
-        tags_from_mask,
-    )
-
     check_priors(priors)
     if not priors:
         return {}
@@ -140,25 +232,60 @@ def compute_priors(
         raise WeaksegError("data.priors need training slices; check data.train")
     stack = np.concatenate([np.asarray(lab, dtype=np.int64) for lab in labels])
     out: dict[str, torch.Tensor] = {}
-    tags = None
-    if "tags" in priors or "bounds_from_tags" in priors:
-        tags = tags_from_mask(stack, num_classes=num_classes)                  # (N, C)
-    boxes = None
-    if "boxes" in priors or "bounds_from_boxes" in priors:
-        boxes = boxes_from_mask(stack, num_classes=num_classes)                # (N, C, 4)
-        boxes[:, 0] = -1                      # the background is not an object with a box
-    if "tags" in priors:
-        out["tags"] = torch.from_numpy(np.ascontiguousarray(tags))
-    if "boxes" in priors:
-        out["boxes"] = torch.from_numpy(box_masks(boxes, stack.shape[-2:]))
-    bounds = None
-    if "bounds_from_tags" in priors:
-        bounds = size_bounds_from_tags(tags, size_stats(stack, num_classes))
-    elif "bounds_from_boxes" in priors:
-        bounds = size_bounds_from_boxes(boxes, *BOX_BOUNDS)
-        bounds[:, 0] = (0.0, np.inf)
-    elif "oracle_bounds" in priors:
-        bounds = oracle_size_bounds(stack, num_classes=num_classes, margin=ORACLE_MARGIN)
-    if bounds is not None:
-        out["bounds"] = torch.from_numpy(bounds.astype(np.float32))
+    for name in PRIORS:
+        produce = _DEFINED[name].produce
+        if name in priors and produce is not None:
+            out[PRIOR_KEYS[name]] = _as_tensor(produce(stack, num_classes))
+    return out
+
+
+def _as_tensor(value: np.ndarray) -> torch.Tensor:
+    if value.dtype.kind == "f":
+        value = value.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(value))
+
+
+def sample_entries(extras: Mapping[str, torch.Tensor],
+                   positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-sample batch entries of the samples at ``positions``: the rows of the
+    computed priors ``extras``, and the entries every sample carries (``index``)."""
+    out = {key: value[positions] for key, value in extras.items()}
+    for prior in _DEFINED.values():
+        if prior.from_positions is not None:
+            out[prior.key] = prior.from_positions(positions)
+    return out
+
+
+def crop_priors(
+    extras: Mapping[str, torch.Tensor],
+    cut: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor | None,
+    spatial: frozenset[str] | set[str] | Sequence[str] = SPATIAL_EXTRAS,
+) -> dict[str, torch.Tensor]:
+    """``extras`` for a crop window: ``cut`` (which crops ``(B, ..., H, W)`` tensors at the
+    batch's windows) for spatial entries, recomputation from ``cut(labels)`` (the windows'
+    full label maps ``(B, h, w)``) for ``tags`` and ``boxes``, unchanged otherwise.
+
+    Raises:
+        WeaksegError: a whole-slice entry (size bounds), or a recomputed one without
+            ``labels``.
+    """
+    out = dict(extras)
+    stale = [k for k in extras if _rule(k) == "recompute"]
+    for key in extras:
+        if _rule(key) == "forbid":
+            raise WeaksegError(f"batch entry '{key}' (data.priors {priors_providing(key)}) "
+                               "describes whole slices, which a crop window does not keep; "
+                               "drop data.crop")
+        if key in spatial and key not in stale:
+            out[key] = cut(extras[key])
+    if stale:
+        if labels is None:
+            raise WeaksegError(f"cropping needs the full label maps to recompute {stale} for "
+                               "the crop window (SliceData.crop_labels)")
+        window = cut(labels).numpy().astype(np.int64)
+        for key in stale:
+            num_classes = int(extras[key].shape[1])
+            fresh = _as_tensor(_producer(key)(window, num_classes))
+            out[key] = fresh.to(extras[key].device)
     return out

@@ -18,8 +18,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weakseg.annotate import ANNOTATORS
 from weakseg.data.base import IGNORE_INDEX, Volume
-from weakseg.data.priors import SPATIAL_EXTRAS, check_priors, compute_priors
+from weakseg.data.priors import (
+    PRIOR_REGISTRY,
+    SPATIAL_EXTRAS,
+    check_priors,
+    compute_priors,
+    crop_priors,
+    sample_entries,
+)
 from weakseg.errors import WeaksegError
 
 __all__ = [
@@ -87,8 +95,6 @@ def resolve_annotation(
             )
         return volume.label
     if annotation.startswith("sim:"):
-        from weakseg.annotate import ANNOTATORS
-
         name = annotation[4:]
         simulate = ANNOTATORS.get(name)
         if volume.label is None:
@@ -119,6 +125,9 @@ class SliceData:
         extras: further per-slice batch entries, first dimension ``N`` (the priors of
             :mod:`weakseg.data.priors`: ``tags`` ``(N, C)`` bool, ``boxes``
             ``(N, C, S, S)`` bool, ``bounds`` ``(N, C, 2)`` float, in training pixels).
+        crop_labels: ``(N, S, S)`` uint8 full label maps, kept only when a prior must be
+            recomputed for a crop window (``tags``, ``boxes``: a crop can cut a class away);
+            never a batch entry.
     """
 
     images: torch.Tensor
@@ -126,9 +135,16 @@ class SliceData:
     keys: list[str]
     index: list[int]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    crop_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def entries(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample batch entries of the samples at ``positions`` (int64 ``(B,)``): the
+        priors' rows and what every sample carries (``index``, see
+        :func:`weakseg.data.priors.sample_entries`)."""
+        return sample_entries(self.extras, positions)
 
     @property
     def labelled_fraction(self) -> float:
@@ -178,7 +194,14 @@ def build_slices(
             label = torch.from_numpy(np.asarray(vol.label, dtype=np.int64))
             full.append(resize_labels(label, (size, size)).numpy())
     extras = compute_priors(full, priors, num_classes=num_classes)
-    data = SliceData(torch.cat(images), torch.cat(targets), keys, index, extras)
+    recomputed = any(PRIOR_REGISTRY.get(p).on_crop == "recompute" for p in priors)
+    crop_labels = None
+    if recomputed:
+        if num_classes > 256:
+            raise WeaksegError(f"data.priors {priors} keep uint8 label maps for crops; "
+                               f"{num_classes} classes do not fit")
+        crop_labels = torch.from_numpy(np.concatenate(full).astype(np.uint8))
+    data = SliceData(torch.cat(images), torch.cat(targets), keys, index, extras, crop_labels)
     if annotation == "none" and not priors:
         raise WeaksegError(
             "annotation 'none' gives no pixel label and data.priors is empty: nothing to "
@@ -259,12 +282,18 @@ def random_crop(
     size: int,
     extras: Extras | None = None,
     *,
+    labels: torch.Tensor | None = None,
     spatial: Collection[str] = SPATIAL_EXTRAS,
 ) -> tuple[torch.Tensor, torch.Tensor, Extras]:
     """A random ``size × size`` window of every sample, seeded by ``generator``.
 
-    The image, its target and the ``spatial`` extras (e.g. box masks) are cut at the same
-    offset; other extras pass unchanged. Returns ``(images, targets, extras)``.
+    The image, its target and the ``spatial`` extras are cut at the same offset; the priors
+    that depend on what the window shows (``tags``, ``boxes``: a crop can cut a class away
+    or shrink its box) are recomputed from ``labels``, the samples' full label maps
+    ``(B, H, W)`` (``SliceData.crop_labels``), cut alike; other extras pass unchanged
+    (whole-slice size bounds raise). See :func:`weakseg.data.priors.crop_priors`. The
+    generator is consumed the same way whatever the extras. Returns
+    ``(images, targets, extras)``.
     """
     h, w = images.shape[-2:]
     if not 1 <= size <= min(h, w):
@@ -278,5 +307,4 @@ def random_crop(
         return torch.stack([t[i, ..., y:y + size, x:x + size]
                             for i, (y, x) in enumerate(zip(ys, xs, strict=True))])
 
-    moved = {k: cut(v) for k, v in extras.items() if k in spatial}
-    return cut(images), cut(targets), extras | moved
+    return cut(images), cut(targets), crop_priors(extras, cut, labels, frozenset(spatial))

@@ -203,8 +203,9 @@ def train_one_epoch(
     as needed, for small sets of large images); ``max_steps`` caps it. ``crop`` takes a
     random ``crop × crop`` window of every sample (image, target and spatial priors alike).
 
-    The batches carry ``image``, ``target``, ``index`` (the samples' positions in ``data``,
-    for per-image Lagrange multipliers) and every entry of ``data.extras`` (priors),
+    The batches carry ``image``, ``target`` and the per-sample entries of ``data.entries``
+    (the priors of ``data.extras`` and ``index``, the samples' positions in ``data``, for
+    per-image Lagrange multipliers: :mod:`weakseg.data.priors`),
     augmented alike. The mean of every diagnostic in ``recipe.last_stats`` is returned too
     (e.g. ``size_violated``). Schedules are not advanced here: call ``recipe.epoch_step()``
     after the epoch.
@@ -231,14 +232,15 @@ def train_one_epoch(
         for step in bar:
             idx = order[step * batch_size : (step + 1) * batch_size]
             x, y = data.images[idx], data.targets[idx]
-            extras = {k: v[idx] for k, v in data.extras.items()}
+            extras = data.entries(idx)
             if crop is not None:
-                x, y, extras = random_crop(x, y, gen, crop, extras)
+                labels = None if data.crop_labels is None else data.crop_labels[idx]
+                x, y, extras = random_crop(x, y, gen, crop, extras, labels=labels)
             if augment:
                 x, y, extras = augment_batch(x, y, gen, extras)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             batch = {k: v.to(device, non_blocking=True) for k, v in extras.items()}
-            batch.update(image=x, target=y, index=idx.to(device))
+            batch.update(image=x, target=y)
             logits = model(x)
             total, parts = recipe(logits, batch)
             if not torch.isfinite(total):
@@ -296,9 +298,9 @@ def constraint_stats(
     try:
         for i in range(0, len(data), batch_size):
             sl = slice(i, i + batch_size)
-            batch = {k: v[sl].to(device) for k, v in data.extras.items()}
-            batch.update(image=data.images[sl].to(device), target=data.targets[sl].to(device),
-                         index=torch.arange(i, min(i + batch_size, len(data)), device=device))
+            positions = torch.arange(i, min(i + batch_size, len(data)))
+            batch = {k: v.to(device) for k, v in data.entries(positions).items()}
+            batch.update(image=data.images[sl].to(device), target=data.targets[sl].to(device))
             recipe(model(batch["image"]), batch)
             n = batch["image"].shape[0]
             for k, v in recipe.last_stats.items():

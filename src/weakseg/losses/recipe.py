@@ -124,7 +124,7 @@ def _build(registry: Any, term: LossTerm, context: dict[str, Any]) -> nn.Module:
     """Build one term with the ``context`` values its factory takes (``num_classes``...),
     turning a loss's own ``ValueError`` into a one-line config error."""
     params = dict(term.params)
-    accepted = inspect.signature(registry.get(term.name)).parameters
+    accepted = inspect.signature(registry.get(term.name)).parameters  # unknown: as it says
     for key, value in context.items():
         if key not in accepted:
             continue
@@ -136,7 +136,9 @@ def _build(registry: Any, term: LossTerm, context: dict[str, Any]) -> nn.Module:
         params[key] = value
     try:
         return registry.build(term.name, **params)
-    except WeaksegError:
-        raise
+    except WeaksegError as exc:
+        if f"loss '{term.name}'" in str(exc):
+            raise
+        raise WeaksegError(f"loss '{term.name}': {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise WeaksegError(f"loss '{term.name}': {exc}") from exc
