@@ -400,3 +400,67 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(WeaksegError) as info:
         load_nifti_folder(tmp_path)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------- one folder: weak and dense maps, folds, groups
+
+
+def _mixed(root: Path) -> dict[str, Any]:
+    """labelsTr with an 'ignore' label: case_a and case_c scribbled, case_b dense."""
+    cases = ("patient001_frame01", "patient001_frame12", "patient002_frame01")
+    arrays = _dataset(root, cases, labels={**V2_LABELS, "ignore": 3})
+    for case in (cases[0], cases[2]):
+        weak = arrays[case]["label"].copy()
+        weak[:, :, 1:] = 3  # only the first slice is annotated
+        _save(root / "labelsTr" / f"{case}.nii.gz", weak)
+        arrays[case]["weak"] = weak
+    return arrays
+
+
+def test_mixed_weak_and_dense_maps_in_labels_folder(tmp_path: Path) -> None:
+    arrays = _mixed(tmp_path)
+    vols = {v.key: v for v in load_nifti_folder(tmp_path).volumes}
+    weak_case, dense_case = vols["patient001_frame01"], vols["patient001_frame12"]
+    assert weak_case.label is None
+    expected = _zyx(arrays["patient001_frame01"]["weak"]).astype(np.int64)
+    expected[expected == 3] = IGNORE_INDEX
+    np.testing.assert_array_equal(weak_case.annotations["weak"], expected)
+    np.testing.assert_array_equal(dense_case.label, _zyx(arrays["patient001_frame12"]["label"]))
+    # a dense case trains with its full map as its weak annotation
+    np.testing.assert_array_equal(dense_case.annotations["weak"], dense_case.label)
+
+
+def test_group_pattern_groups_cases_of_one_patient(tmp_path: Path) -> None:
+    _mixed(tmp_path)
+    vols = load_nifti_folder(tmp_path, group_pattern=r"patient\d+").volumes
+    assert [v.group for v in vols] == ["patient001", "patient001", "patient002"]
+    assert [v.group for v in load_nifti_folder(tmp_path, group_pattern=r"patient(\d+)").volumes] \
+        == ["001", "001", "002"]
+    with pytest.raises(WeaksegError, match="does not match case 'patient001_frame01'"):
+        load_nifti_folder(tmp_path, group_pattern=r"subject\d+")
+    with pytest.raises(WeaksegError, match="is not a regular expression"):
+        load_nifti_folder(tmp_path, group_pattern="patient(")
+
+
+def test_splits_final_json_gives_folds(tmp_path: Path) -> None:
+    from weakseg.data.splits import fold_split
+
+    cases = ("c1", "c2", "c3", "c4")
+    _dataset(tmp_path, cases)
+    splits = [{"train": ["c3", "c4"], "val": ["c1", "c2"]},
+              {"train": ["c1", "c2"], "val": ["c3", "c4"]}]
+    (tmp_path / "splits_final.json").write_text(json.dumps(splits))
+    vols = load_nifti_folder(tmp_path).volumes
+    train, val = fold_split(vols, 1)
+    assert [v.key for v in train] == ["c1", "c2"] and [v.key for v in val] == ["c3", "c4"]
+    with pytest.raises(WeaksegError, match="defines folds 0..1"):
+        fold_split(vols, 2)
+    (tmp_path / "splits_final.json").write_text(json.dumps(splits[:1]))
+    with pytest.raises(WeaksegError, match="puts 2 cases in no validation fold, e.g. 'c3'"):
+        load_nifti_folder(tmp_path)
+    (tmp_path / "splits_final.json").write_text(json.dumps([{"val": ["c1", "c9"]}]))
+    with pytest.raises(WeaksegError, match="names 1 cases without an image, e.g. 'c9'"):
+        load_nifti_folder(tmp_path)
+    (tmp_path / "splits_final.json").write_text('{"val": []}')
+    with pytest.raises(WeaksegError, match="one entry per fold"):
+        load_nifti_folder(tmp_path)

@@ -357,6 +357,60 @@ def _parse_channels(spec: dict[str, Any], path: Path) -> int | None:
 # --------------------------------------------------------------------------- reader
 
 
+def _compile_group_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise WeaksegError(f"group_pattern '{pattern}' is not a regular expression: {exc}; "
+                           "e.g. 'patient\\d+'") from exc
+
+
+def _group_of(case: str, grouping: re.Pattern[str] | None, pattern: str | None) -> str:
+    """The group (patient) id of ``case``: the first match of ``group_pattern``."""
+    if grouping is None:
+        return case
+    m = grouping.search(case)
+    if m is None:
+        raise WeaksegError(f"group_pattern '{pattern}' does not match case '{case}'; every case "
+                           "needs a group, e.g. 'patient\\d+' for patient021_frame01")
+    return m.group(1) if grouping.groups else m.group(0)
+
+
+def _read_folds(root: Path, cases: set[str]) -> dict[str, int]:
+    """``case → fold in which it is validated`` from nnU-Net's ``splits_final.json``."""
+    path = root / "splits_final.json"
+    if not path.is_file():
+        return {}
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeaksegError(f"cannot read {path}: {' '.join(str(exc).split())}; fix the JSON or "
+                           "remove the file") from exc
+    ok = isinstance(spec, list) and spec and all(
+        isinstance(f, dict) and isinstance(f.get("val"), list) for f in spec)
+    if not ok:
+        raise WeaksegError(f'{path}: expected nnU-Net\'s list of {{"train": [...], "val": '
+                           '[...]}}, one entry per fold')
+    folds: dict[str, int] = {}
+    for k, entry in enumerate(spec):
+        for case in entry["val"]:
+            if str(case) in folds:
+                raise WeaksegError(f"{path}: case '{case}' is validated in folds "
+                                   f"{folds[str(case)]} and {k}; each case belongs to one fold")
+            folds[str(case)] = k
+    unknown = sorted(set(folds) - cases)
+    if unknown:
+        raise WeaksegError(f"{path} names {len(unknown)} cases without an image, e.g. "
+                           f"'{unknown[0]}'; regenerate it for this data set")
+    missing = sorted(cases - set(folds))
+    if missing:
+        raise WeaksegError(f"{path} puts {len(missing)} cases in no validation fold, e.g. "
+                           f"'{missing[0]}'; every case must be validated in one fold")
+    return folds
+
+
 def _read_label_map(
     path: Path, shape: tuple[int, int, int], affine: np.ndarray, image_path: Path
 ) -> np.ndarray:
@@ -399,8 +453,15 @@ def load_nifti_folder(
     image_dir: str = "imagesTr",
     label_dir: str = "labelsTr",
     unlabelled_value: int | None = None,
+    group_pattern: str | None = None,
 ) -> VolumeSet:
     """Read a NIfTI data set in the nnU-Net / Decathlon raw layout.
+
+    With an unlabelled value (nnU-Net v2's ``ignore`` label) and no ``annotation_dir``,
+    ``label_dir`` may mix weak and dense maps: a map holding the unlabelled value is a weak
+    annotation (``"weak"``), a map without it is a dense label (used for validation and
+    ``evaluate``, and as its own ``"weak"`` annotation in training). A ``splits_final.json``
+    in ``root`` (nnU-Net's list of ``{"train": [...], "val": [...]}``) gives the folds.
 
     Args:
         root: folder holding ``dataset.json``, ``image_dir`` and ``label_dir``.
@@ -413,10 +474,12 @@ def load_nifti_folder(
         unlabelled_value: code of unlabelled voxels in annotation files;
             overrides ``"unlabelled_value"`` and the ``"ignore"`` label of
             ``dataset.json``.
+        group_pattern: regular expression whose first match in a case id is the group
+            (patient) of the case, e.g. ``"patient\\d+"`` groups ``patient021_frame01``
+            and ``patient021_frame12``; default: each case is its own group.
 
     Returns:
-        The volumes (key and group are the case id) with class names sorted by
-        label value.
+        The volumes (key is the case id) with class names sorted by label value.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -468,6 +531,8 @@ def load_nifti_folder(
     # Without a separate annotation folder, a known unlabelled value means
     # labelsTr holds partial annotations (the nnU-Net v2 "ignore" convention).
     labels_are_partial = unlabelled is not None and annotations is None
+    grouping = _compile_group_pattern(group_pattern)
+    folds = _read_folds(root, set(cases))
 
     volumes: list[Volume] = []
     for case in sorted(cases):
@@ -479,10 +544,12 @@ def load_nifti_folder(
         label_path = _find_case_file(labels, case) if labels.is_dir() else None
         if label_path is not None:
             raw = _read_label_map(label_path, shape, affine, first)
-            if labels_are_partial and unlabelled is not None:
+            if labels_are_partial and unlabelled is not None and bool((raw == unlabelled).any()):
                 weak[WEAK_KEY] = _to_weak(raw, unlabelled, shape, num_classes, str(label_path))
             else:
                 label = check_labels(raw, shape, num_classes, str(label_path))
+                if labels_are_partial:  # a dense map in a weak folder: fully annotated case
+                    weak[WEAK_KEY] = label.copy()
 
         if annotations is not None and unlabelled is not None:
             ann_path = _find_case_file(annotations, case)
@@ -490,22 +557,25 @@ def load_nifti_folder(
                 raw = _read_label_map(ann_path, shape, affine, first)
                 weak[WEAK_KEY] = _to_weak(raw, unlabelled, shape, num_classes, str(ann_path))
 
+        meta = {
+            "format": "nifti",
+            "path": str(first),
+            "channel_paths": [str(p) for _, p in sorted(cases[case].items())],
+            "affine": affine,
+            "header": header,
+            "case": case,
+        }
+        if case in folds:
+            meta["fold"] = folds[case]
         volumes.append(
             Volume(
                 key=case,
-                group=case,
+                group=_group_of(case, grouping, group_pattern),
                 image=image,
                 label=label,
                 annotations=weak,
                 spacing=_zyx_spacing(header),
-                meta={
-                    "format": "nifti",
-                    "path": str(first),
-                    "channel_paths": [str(p) for _, p in sorted(cases[case].items())],
-                    "affine": affine,
-                    "header": header,
-                    "case": case,
-                },
+                meta=meta,
             )
         )
 
