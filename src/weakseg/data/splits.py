@@ -89,9 +89,9 @@ def select_groups(
     """Volumes whose group matches ``spec`` (see the module docstring); all when ``None``."""
     if spec is None:
         return list(volumes)
-    if isinstance(spec, int) and not isinstance(spec, bool):
+    if isinstance(spec, int):
         spec = str(spec)
-    if not isinstance(spec, str):
+    elif not isinstance(spec, str):
         spec = ",".join(str(s) for s in spec)
     if spec.startswith("split:"):
         name = spec[len("split:"):].strip()
