@@ -121,6 +121,14 @@ def _broken_readers(root: Path, vset) -> None:
     nan = vset.volumes[0].image.copy()
     nan[0, 0, 0] = np.nan
     _nii(nan, root / "nn_nan" / "imagesTr" / "case000_0000.nii.gz")
+    mixed = root / "nn_mixed"  # nnU-Net v2 ignore label: case003 scribbled, the rest dense
+    shutil.copytree(root / "nn", mixed)
+    spec = json.loads((mixed / "dataset.json").read_text())
+    spec["labels"]["ignore"] = 4
+    (mixed / "dataset.json").write_text(json.dumps(spec))
+    weak = vset.volumes[3].label.astype(np.uint8)
+    weak[1:] = 4
+    _nii(weak, mixed / "labelsTr" / "case003.nii.gz")
     fake_monuseg(root / "mo_json").joinpath("split.json").write_text("[not json")
     fake_monuseg(root / "mo_split").joinpath("split.json").write_text('{"train": [1, 2]}')
     fake_monuseg(root / "mo_noinst")
@@ -425,6 +433,16 @@ def test_evaluate_allow_missing_skips_and_lists(inputs, tmp_path, capsys):
                    capsys)
     assert rc == 0
     assert "warning: skipping 1 volumes without a full label map: case003" in err
+    rows = csv_path.read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["case000", "case001", "case002", "mean"]
+
+
+def test_evaluate_scores_the_dense_maps_of_a_mixed_folder(inputs, tmp_path, capsys):
+    csv_path = tmp_path / "m.csv"
+    rc, err = _run(["evaluate", "--checkpoint", "{CKPT}", "--data", "{IN}/nn_mixed", "--quiet",
+                    "--out", str(csv_path)], inputs, tmp_path, capsys)
+    assert rc == 0, err
+    assert "note: 1 volumes have weak labels only and are not scored: case003" in err
     rows = csv_path.read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["case000", "case001", "case002", "mean"]
 

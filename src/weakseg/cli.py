@@ -84,10 +84,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     volumes = select_groups(vset.volumes, args.patients)
     if not volumes:
         raise WeaksegError(f"--patients {args.patients} selects no volume in {args.data}")
+    weak_only = [v.key for v in volumes if v.label is None and v.annotations]
+    if weak_only and len(weak_only) < len(volumes):
+        print(f"note: {len(weak_only)} volumes have weak labels only and are not scored: "
+              f"{_listing(weak_only)}", file=sys.stderr)
+        volumes = [v for v in volumes if v.key not in set(weak_only)]
     missing = [v.key for v in volumes if v.label is None]
     if missing:
-        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
-                                          else "")
+        listed = _listing(missing)
         if not args.allow_missing or len(missing) == len(volumes):
             fix = ("no volume can be scored; give a folder with full label maps" if
                    len(missing) == len(volumes) else
@@ -142,6 +146,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         remove_stale_temps(out)
     print(f"wrote {len(written)} label maps to {out}")
     return 0
+
+
+def _listing(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _check_exists(path: str, option: str, what: str) -> None:
