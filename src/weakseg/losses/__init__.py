@@ -1,10 +1,10 @@
 """Losses: each a function plus an ``nn.Module`` taking logits ``(B, C, *spatial)``.
 
 Registered modules declare the batch entries they consume in ``inputs``
-(``"target"`` = the training annotation, ``"image"`` = the input image; the constraint
-losses ``size``, ``tags`` and ``box`` read ``"bounds"``, ``"tags"`` and ``"boxes"``, which the
-trainer fills from ``data.priors``), so a :class:`~weakseg.losses.recipe.LossRecipe` can
-combine any of them.
+(``"target"`` = the training annotation, ``"image"`` = the input image; the constraint loss
+``constraint`` — and its aliases ``size``, ``tags``, ``box`` — reads the entries of its family,
+``"bounds"``, ``"tags"``, ``"boxes"``, which the trainer fills from ``data.priors``), so a
+:class:`~weakseg.losses.recipe.LossRecipe` can combine any of them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from weakseg.losses.base import LOSSES
 from weakseg.losses.constraints import (
     BoxConstraintLoss,
+    ConstraintLoss,
     SizeConstraintLoss,
     TagConstraintLoss,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "LOSSES",
     "BoxConstraintLoss",
     "CEDiceLoss",
+    "ConstraintLoss",
     "DenseCRFLoss",
     "EntropyLoss",
     "GridCRFLoss",

@@ -324,10 +324,7 @@ class ConstraintLoss(nn.Module):
         fn_params, self.surrogate_params = family.split(params)
         fixed: dict[str, torch.Tensor] = {}
         for arg in list(fn_params):
-            if arg in family.inputs:
-                if arg not in family.fixed:
-                    raise WeaksegError(f"constraint '{name}': '{arg}' comes from the batch "
-                                       f"('{family.inputs[arg]}') and cannot be fixed")
+            if arg in family.fixed:  # an input given in the config: not read from the batch
                 fixed[arg] = family.fixed[arg].convert(fn_params.pop(arg), fn_params)
         if family.validate is not None:
             family.validate(params)
