@@ -28,13 +28,14 @@ FRACTIONS = [[0.0, 1.0], [0.25, 0.8], [0.2, 0.8], [0.6, 0.95]]  # the shipped re
 
 
 def trace(units: str, emptiness: str, steps: int, data, seed: int = 0) -> list[list]:
-    from weakseg.losses.constraints import BoxConstraintLoss
+    from weakseg.losses.constraints import ConstraintLoss
     from weakseg.models import MODELS
 
     torch.manual_seed(seed)
     model = MODELS.build("unet2d", in_channels=1, num_classes=4, base_channels=16)
-    loss_fn = BoxConstraintLoss("log_barrier", size_fraction=FRACTIONS, emptiness=emptiness,
-                                emptiness_weight=100.0, units=units)
+    loss_fn = ConstraintLoss({"family": "box", "size_fraction": FRACTIONS,
+                              "emptiness": emptiness, "emptiness_weight": 100.0},
+                             {"method": "log_barrier", "units": units})
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     gen = torch.Generator().manual_seed(seed)
     boxes_all = data.extras["boxes"]
