@@ -57,10 +57,12 @@ from weakseg.registry import Registry, did_you_mean
 
 __all__ = [
     "CONSTRAINTS",
+    "EMPTINESS",
     "Constraint",
     "ConstraintFamily",
     "FixedInput",
     "box_constraints",
+    "box_emptiness",
     "box_emptiness_ce",
     "centroid_constraints",
     "check_size_bounds",
@@ -71,6 +73,7 @@ __all__ = [
     "tag_constraints",
     "violation_stats",
 ]
+
 
 class Constraint(NamedTuple):
     """Constraint values and which of them are active."""
@@ -246,7 +249,7 @@ def _num_pixels(x: torch.Tensor) -> int:
 
 
 def _as_tensor(
-    value: torch.Tensor | float | Sequence[float], like: torch.Tensor, shape: tuple[int, ...],
+    value: torch.Tensor | float | Sequence[Any], like: torch.Tensor, shape: tuple[int, ...],
     what: str, expected: str,
 ) -> torch.Tensor:
     """``value`` on ``like``'s device and dtype, broadcast to ``shape``."""
