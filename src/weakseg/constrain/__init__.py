@@ -17,6 +17,7 @@ log_barrier, ...}``. The elementwise maths is here too: :func:`quadratic_penalty
 :class:`ConstraintObjective` (one method with its state).
 
 Example:
+    >>> import torch
     >>> logits = torch.randn(2, 3, 16, 16, requires_grad=True)
     >>> bounds = torch.tensor([[0.0, 256.0], [20.0, 60.0], [0.0, 0.0]]).expand(2, 3, 2)
     >>> g = size_constraints(logits, bounds).g                  # (B, C, 2)
