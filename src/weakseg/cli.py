@@ -55,7 +55,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from weakseg.config import load_config
     from weakseg.engine.trainer import train
 
-    cfg = load_config(args.config, args.set)
+    overrides = list(args.set) + ([f"data.fold={args.fold}"] if args.fold is not None else [])
+    cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / (
         Path(args.config).stem if args.config else "default"
     )
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override config values, e.g. --set train.epochs=5 data.size=96 "
                         "(repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--fold", type=int, metavar="K",
+                   help="cross-validation fold K of data.train (splits_final.json, else a "
+                        "seeded 5-fold by patient); same as --set data.fold=K")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt (an error if there is none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -65,7 +65,13 @@ class DataConfig:
     the data (``scribble`` for ACDC, ``weak`` for NIfTI label maps with an
     unlabelled value), or ``sim:<annotator>`` to simulate one from full masks
     with ``annotation_seed`` (e.g. ``sim:scribble``).
-    ``train``/``val``/``test`` select groups (patients) by number, e.g. ``"21-90"``.
+    ``train``/``val``/``test`` select groups (patients) by number (``"21-90"``), by names or
+    glob patterns (``"patient02*"``, or a YAML list), or by the data set's own split
+    (``"split:val"``); see :mod:`weakseg.data.splits`. Validation and test use the volumes
+    with dense label maps (weak-only ones are skipped and logged).
+    ``fold``: cross-validation fold ``k`` of the ``train`` selection (nnU-Net's
+    ``splits_final.json`` when the data set has one, else a seeded ``num_folds``-fold by
+    group); ``val`` must then be unset.
     ``priors``: per-slice priors for constraint losses, computed from the full masks of
     the training slices (:mod:`weakseg.data.priors`): ``tags``, ``boxes``,
     ``bounds_from_tags``, ``bounds_from_boxes``, ``oracle_bounds`` (ablations only).
@@ -81,9 +87,11 @@ class DataConfig:
     annotation_seed: int = _field(0, ge=0)
     size: int = _field(128, ge=16, multiple_of=16)
     crop: int | None = None
-    train: str | None = None
-    val: str | None = None
-    test: str | None = None
+    train: str | None = _field(None, selection=True)
+    val: str | None = _field(None, selection=True)
+    test: str | None = _field(None, selection=True)
+    fold: int | None = _field(None, ge=0)
+    num_folds: int = _field(5, ge=2)
     priors: list[str] = field(default_factory=list)
 
 
@@ -199,6 +207,8 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     kwargs = {}
     for key, value in raw.items():
         f = fields[key]
+        if f.metadata.get("selection") and isinstance(value, list):  # [case_a, "case_b*"]
+            value = ",".join(str(v) for v in value)
         kwargs[key] = _coerce(name, key, value, f.default, str(f.type))
         _check_rules(f"{name}.{key}", kwargs[key], dict(f.metadata))
     return cls(**kwargs)
@@ -240,6 +250,11 @@ def validate(cfg: Config) -> None:
     recipe = LossRecipe(cfg.loss)  # builds every term: bad loss parameters fail here
     _check_loss_inputs(cfg, recipe)
     _check_params(cfg)
+    if cfg.data.fold is not None and cfg.data.val:
+        raise WeaksegError(
+            f"data.fold={cfg.data.fold} chooses the validation cases; unset data.val "
+            f"('{cfg.data.val}') or data.fold"
+        )
     if cfg.data.size < 16 or cfg.data.size % 16:
         raise WeaksegError(
             f"config 'data.size' must be a multiple of 16 (U-Net down-sampling), "

@@ -45,7 +45,7 @@ from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
 from weakseg.data.priors import ORACLE_PRIORS, describe_priors
 from weakseg.data.slices import SliceData, augment_batch, build_slices, random_crop
-from weakseg.data.splits import select_groups
+from weakseg.data.splits import fold_split, select_groups
 from weakseg.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     LEGACY_TEMPS,
@@ -81,6 +81,7 @@ class DataSplits:
     train: list[Volume]
     val: list[Volume]
     test: list[Volume]
+    unscored: list[str] = field(default_factory=list)  # val/test volumes with weak labels only
 
 
 @dataclass
@@ -108,8 +109,12 @@ def load_data(cfg: Config) -> DataSplits:
         if not chosen and (name == "train" or spec):
             raise WeaksegError(
                 f"data.{name}='{spec}' selects no volume of {cfg.data.name}; check the "
-                f"patient numbers{'' if name == 'train' else f' (or unset data.{name})'}"
+                "selection (numbers like 21-90, case names or glob patterns)"
+                f"{'' if name == 'train' else f', or unset data.{name}'}"
             )
+    if cfg.data.fold is not None:
+        train, val = fold_split(train, cfg.data.fold, num_folds=cfg.data.num_folds)
+    unscored: list[str] = []
     for name, other in (("val", val), ("test", test)):
         shared = {v.group for v in train} & {v.group for v in other}
         if shared:
@@ -117,9 +122,15 @@ def load_data(cfg: Config) -> DataSplits:
                 f"patients {sorted(shared)[:5]} are in both train and {name}; splits must be "
                 "disjoint by patient"
             )
-        if other and any(v.label is None for v in other):
-            raise WeaksegError(f"{name} volumes need full label maps to be scored")
-    return DataSplits(dataset, train, val, test)
+        if other and all(v.label is None for v in other):
+            raise WeaksegError(
+                f"none of the {len(other)} {name} volumes has a dense label map to be scored; "
+                f"put dense masks for some {name} cases in the label folder"
+            )
+        unscored += [v.key for v in other if v.label is None]
+    val = [v for v in val if v.label is not None]
+    test = [v for v in test if v.label is not None]
+    return DataSplits(dataset, train, val, test, unscored)
 
 
 def build_model(cfg: Config, in_channels: int, num_classes: int) -> nn.Module:
@@ -435,6 +446,10 @@ def train(
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
         f"{len(splits.val)} validation volumes, {t.epochs} epochs × {steps} steps, {device}"
     )
+    if splits.unscored:
+        shown = ", ".join(splits.unscored[:5]) + ("…" if len(splits.unscored) > 5 else "")
+        log(f"not scored (weak labels only): {len(splits.unscored)} validation/test volumes "
+            f"({shown})")
     for name, line in zip(cfg.data.priors, describe_priors(cfg.data.priors, len(data)),
                           strict=True):
         log(f"{'ORACLE ' if name in ORACLE_PRIORS else ''}prior {line}")
