@@ -447,9 +447,9 @@ def train(
         f"{len(splits.val)} validation volumes, {t.epochs} epochs × {steps} steps, {device}"
     )
     if splits.unscored:
-        shown = ", ".join(splits.unscored[:5]) + ("…" if len(splits.unscored) > 5 else "")
+        listed = ", ".join(splits.unscored[:5]) + ("…" if len(splits.unscored) > 5 else "")
         log(f"not scored (weak labels only): {len(splits.unscored)} validation/test volumes "
-            f"({shown})")
+            f"({listed})")
     for name, line in zip(cfg.data.priors, describe_priors(cfg.data.priors, len(data)),
                           strict=True):
         log(f"{'ORACLE ' if name in ORACLE_PRIORS else ''}prior {line}")
