@@ -240,3 +240,34 @@ def test_annotate_does_not_import_data():
                 assert not any(a.name.startswith("weakseg.data") for a in node.names), path
     for first in ("weakseg.annotate", "weakseg.data.priors", "weakseg.data.slices"):
         subprocess.run([sys.executable, "-c", f"import {first}"], check=True)
+
+
+def test_trainer_crops_recompute_tags_and_boxes_alike(volumes):
+    """In training batches cut to a crop window, a class is tagged exactly when its box is
+    in the window (before: the slice's tags were kept while the boxes were cut)."""
+    from weakseg.engine.trainer import train_one_epoch
+    from weakseg.losses.recipe import LossRecipe, LossTerm
+    from weakseg.models import MODELS
+
+    seen: list[dict[str, torch.Tensor]] = []
+
+    class Spy(LossRecipe):
+        def forward(self, logits, batch):
+            seen.append({k: v.clone() for k, v in batch.items()})
+            return super().forward(logits, batch)
+
+    data = _build(volumes, ["tags", "boxes"])
+    recipe = Spy([LossTerm("partial_ce"),
+                  LossTerm("constraint", params={"constraint": "tags",
+                                                 "objective": "penalty"})], num_classes=C)
+    model = MODELS.build("unet2d", in_channels=1, num_classes=C, base_channels=4, depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    train_one_epoch(model, recipe, data, opt, sched, batch_size=4, seed=0, crop=8, steps=8)
+    assert len(seen) == 8 and all(b["image"].shape[-2:] == (8, 8) for b in seen)
+    tags = torch.cat([b["tags"] for b in seen])
+    boxed = torch.cat([b["boxes"].flatten(2).any(-1) for b in seen])
+    assert torch.equal(tags[:, 1:], boxed[:, 1:])
+    assert not tags[:, 1:].all()                      # some crop did cut a class away
+    for b in seen:  # ``index`` names each sample's slice: a window shows no class it lacks
+        assert bool((b["tags"] <= data.extras["tags"][b["index"]]).all())
