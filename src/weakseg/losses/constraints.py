@@ -331,8 +331,8 @@ class ConstraintLoss(nn.Module):
         self.params = fn_params
         if objective_cls.needs_affine and not family.affine:
             raise ValueError(f"objective '{method}' needs constraints affine in the "
-                             f"probabilities; '{name}' is not (a ratio): use penalty, "
-                             "log_barrier or lagrangian")
+                             f"probabilities; '{name}' is not: use penalty, log_barrier "
+                             "or lagrangian")
         if "parts" in settings:
             raise WeaksegError(f"objective '{method}': 'parts' is set by the constraint")
         check_kwargs(objective_cls, settings, f"objective '{method}'")
