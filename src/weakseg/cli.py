@@ -28,6 +28,7 @@ quick start:
   weakseg train --config configs/acdc_scribbles_pce.yaml --out runs/pce
   weakseg evaluate --checkpoint runs/pce/best.pt --data ../shared/data/acdc --patients 91-100
   weakseg predict --checkpoint runs/pce/best.pt --input images/ --output predictions/
+  weakseg report runs/pce runs/crf                   curves and overlays side by side (HTML)
   weakseg list losses
 """
 
@@ -159,6 +160,16 @@ def _check_exists(path: str, option: str, what: str) -> None:
         raise WeaksegError(f"{option} {path} does not exist; give {what}")
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from weakseg.report.html import build_report
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report.html"
+    check_output_file(out, "--out", ".html")
+    path = build_report(args.runs, out, volumes=args.volumes, overlays=not args.no_overlays)
+    print(f"wrote {path} (open it in a browser; it needs no server)")
+    return 0
+
+
 def _partial(written: list[Path], targets: list[Path], out: Path) -> str:
     """Which predictions were written and which were not (after an error)."""
     done = ", ".join(p.name for p in written[:5]) or "none"
@@ -250,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "folders; input files are never overwritten")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", parents=[debug],
+                       help="one HTML page to browse runs side by side (curves, overlays)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of 'weakseg train'")
+    p.add_argument("--out", help="HTML file (default: <first RUN_DIR>/report.html)")
+    p.add_argument("--volumes", type=int, default=4,
+                   help="validation volumes shown with overlays (default: 4)")
+    p.add_argument("--no-overlays", action="store_true",
+                   help="summary and curves only (no data or checkpoint is read)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("list", parents=[debug],
                        help="registered models, losses, data sets and annotators")

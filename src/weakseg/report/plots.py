@@ -11,7 +11,7 @@ import numpy as np
 from weakseg.data.base import Volume
 from weakseg.safeio import atomic_path
 
-__all__ = ["plot_curves", "plot_overlays", "plot_volume_overlays"]
+__all__ = ["overlay_rgb", "plot_curves", "plot_overlays", "plot_volume_overlays"]
 
 _COLORS = np.array(
     [[0, 0, 0], [0.95, 0.25, 0.25], [0.25, 0.85, 0.35], [0.25, 0.5, 1.0], [1.0, 0.8, 0.2],
@@ -26,10 +26,12 @@ def _rgb(colour: np.ndarray) -> tuple[float, float, float]:
     return float(colour[0]), float(colour[1]), float(colour[2])
 
 
-def _overlay(
+def overlay_rgb(
     image: np.ndarray, labels: np.ndarray | None, alpha: float = 0.45,
     show_background: bool = False,
 ) -> np.ndarray:
+    """``image`` as RGB in [0, 1] with ``labels`` blended in (class colours; labelled
+    background marked when ``show_background``)."""
     img = image.astype(np.float32)
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
     rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img[..., :3]
@@ -71,12 +73,12 @@ def plot_overlays(
     n, m = len(images), 1 + len(columns)
     fig, axes = plt.subplots(n, m, figsize=(2.4 * m, 2.4 * n + 0.4), squeeze=False)
     for i, image in enumerate(images):
-        axes[i, 0].imshow(_overlay(image, None))
+        axes[i, 0].imshow(overlay_rgb(image, None))
         axes[i, 0].set_title("image" if i == 0 else "", fontsize=9)
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
         for j, (title, maps) in enumerate(columns.items(), start=1):
-            axes[i, j].imshow(_overlay(image, maps[i], show_background=title in weak_columns))
+            axes[i, j].imshow(overlay_rgb(image, maps[i], show_background=title in weak_columns))
             axes[i, j].set_title(title if i == 0 else "", fontsize=9)
     for ax in axes.ravel():
         ax.set_xticks([])
