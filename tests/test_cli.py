@@ -172,3 +172,38 @@ def test_set_takes_several_overrides_and_repeats():
     args = build_parser().parse_args(
         ["train", "--set", "train.epochs=2", "data.size=32", "--set", "train.lr=0.1"])
     assert args.set == ["train.epochs=2", "data.size=32", "train.lr=0.1"]
+
+
+def test_predict_probabilities_and_single_file_name(trained: Path, tmp_path: Path):
+    src = tmp_path / "in"
+    src.mkdir()
+    img = np.random.default_rng(0).random((40, 36, 3)).astype(np.float32)
+    affine = np.diag([1.2, 1.2, 8.0, 1.0])
+    nib.save(nib.Nifti1Image(img, affine), src / "case_0000.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(trained), "--input", str(src / "case_0000.nii.gz"),
+                 "--output", str(out), "--quiet", "--probabilities", "--tta",
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["case.nii.gz",
+                                                     "case_probabilities.nii.gz"]
+    probs = nib.load(out / "case_probabilities.nii.gz")
+    assert probs.shape == (40, 36, 3, 4) and np.allclose(probs.affine, affine)
+    data = np.asarray(probs.dataobj)
+    np.testing.assert_allclose(data.sum(axis=-1), 1.0, atol=1e-4)
+    labels = np.asarray(nib.load(out / "case.nii.gz").dataobj)
+    np.testing.assert_array_equal(labels, data.argmax(axis=-1))
+
+
+def test_predict_h5_probabilities(trained: Path, h5_folder: Path, tmp_path: Path):
+    assert main(["predict", "--checkpoint", str(trained), "--input", str(h5_folder),
+                 "--output", str(tmp_path), "--quiet", "--probabilities"]) == 0
+    with h5py.File(tmp_path / "patient001_frame01.h5") as f:
+        assert f["probabilities"].shape == (4, *f["prediction"].shape)
+        np.testing.assert_array_equal(f["probabilities"][()].argmax(axis=0), f["prediction"][()])
+
+
+def test_evaluate_with_tta_on_cpu(trained: Path, h5_folder: Path, tmp_path: Path, capsys):
+    assert main(["evaluate", "--checkpoint", str(trained), "--data", str(h5_folder),
+                 "--patients", "4", "--out", str(tmp_path / "m.csv"), "--quiet", "--tta",
+                 "--device", "cpu"]) == 0
+    assert "HD95" in capsys.readouterr().out

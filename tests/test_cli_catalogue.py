@@ -267,9 +267,6 @@ TRAIN_CASES = {
                                "nothing to resume"),
     "unknown option": (["train", "--confg", "{CFG}"], "unrecognized arguments"),
 }
-if not torch.cuda.is_available():
-    TRAIN_CASES["cuda on a CPU-only torch"] = (_train("train.device=cuda"), "train.device=cuda")
-
 CHECKPOINT_CASES = {
     "checkpoint missing": ("{IN}/nope.pt", "checkpoint not found"),
     "checkpoint is a folder": ("{IN}/run", "is a folder (it holds best.pt)"),
@@ -341,6 +338,14 @@ PREDICT_CASES = {
     "input with other channels": (_predict("{IN}/two_channels", "{OUT}/pred"),
                                   "has 2 channels but the model expects 1"),
 }
+
+if not torch.cuda.is_available():
+    TRAIN_CASES["cuda on a CPU-only torch"] = (_train("train.device=cuda"), "train.device=cuda")
+    EVALUATE_CASES["cuda on a CPU-only torch"] = (
+        ["evaluate", "--checkpoint", "{CKPT}", "--data", "{IN}/h5", "--device", "cuda"],
+        "--device=cuda but this torch")
+    PREDICT_CASES["cuda on a CPU-only torch"] = (_predict("{IN}/h5", "{OUT}/pred", "--device",
+                                                          "cuda"), "--device=cuda but this torch")
 
 DEMO_CASES = {
     "epochs zero": (["demo", "--epochs", "0", "--out", "{OUT}/demo"], "--epochs must be ≥ 1"),
@@ -469,7 +474,7 @@ def test_predict_error_midway_says_what_was_written(inputs, tmp_path, capsys, mo
     out.mkdir()
     stale = out / ".weakseg-tmp-dead-patient001_frame01.h5"  # left by a killed predict
     stale.write_bytes(b"torn")
-    real = inference.predict_volume
+    real = inference.predict_probabilities
     calls = []
 
     def flaky(model, volume, **kw):
@@ -478,7 +483,7 @@ def test_predict_error_midway_says_what_was_written(inputs, tmp_path, capsys, mo
             raise MemoryError("out of memory")
         return real(model, volume, **kw)
 
-    monkeypatch.setattr(inference, "predict_volume", flaky)
+    monkeypatch.setattr(inference, "predict_probabilities", flaky)
     rc, err = _run(_predict("{IN}/h5", str(out)), inputs, tmp_path, capsys)
     _assert_one_line_error(rc, err, "unexpected MemoryError: out of memory; wrote 1 of 4 label "
                                     "maps")

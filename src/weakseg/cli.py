@@ -2,6 +2,8 @@
 
 Every subcommand is a function taking parsed arguments, so tests can call it.
 User errors print one line (``error: ...``) and exit with status 2.
+The commands import torch and the engine inside their functions, so that ``weakseg --help``
+and argument errors answer without loading torch (about a second).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.data.folders import read_labelled
     from weakseg.data.splits import select_groups
+    from weakseg.engine.device import resolve_device
     from weakseg.engine.trainer import evaluate_volumes, load_model_from_checkpoint
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / (
@@ -81,7 +84,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     check_output_file(out, "--out", ".csv")
     _check_exists(args.data, "--data", "a folder of .h5 files or an nnU-Net raw folder")
+    device = resolve_device(args.device)
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
+    model.to(device)
     vset = read_labelled(args.data, num_classes=len(ckpt["class_names"]))
     volumes = select_groups(vset.volumes, args.patients)
     if not volumes:
@@ -104,7 +109,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         volumes = [v for v in volumes if v.label is not None]
     metrics = evaluate_volumes(model, volumes, list(ckpt["class_names"]), size=int(ckpt["size"]),
-                               progress=not args.quiet)
+                               device=device, tta=args.tta, progress=not args.quiet)
     metrics.write_csv(out)
     print(metrics.format_table())
     print(f"per-volume metrics of {len(volumes)} volumes written to {out}")
@@ -112,15 +117,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm.auto import tqdm
 
     from weakseg.data.folders import check_prediction_targets, read_images, write_prediction
-    from weakseg.engine.inference import predict_volume
+    from weakseg.engine.device import resolve_device
+    from weakseg.engine.inference import predict_probabilities
     from weakseg.engine.trainer import load_model_from_checkpoint
 
     out = check_output_folder(args.output, "--output")
     _check_exists(args.input, "--input", "a folder (or file) of .h5 or NIfTI images")
+    device = resolve_device(args.device)
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
+    model.to(device)
     volumes = read_images(args.input)
     if not volumes:
         raise WeaksegError(f"no images found in {args.input}")
@@ -130,13 +139,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"{vol.key} has {vol.channels} channels but the model expects "
                 f"{ckpt['in_channels']}"
             )
-    targets = check_prediction_targets(args.input, out, volumes, force=args.force)
+    targets = check_prediction_targets(args.input, out, volumes, force=args.force,
+                                       probabilities=args.probabilities)
     remove_stale_temps(out)  # left by a killed predict
     written: list[Path] = []
     try:
         for vol in tqdm(volumes, desc="predict", disable=args.quiet):
-            pred = predict_volume(model, vol, size=int(ckpt["size"]))
-            written.append(write_prediction(vol, pred, out))
+            probs = predict_probabilities(model, vol, size=int(ckpt["size"]), device=device,
+                                          tta=args.tta)
+            pred = probs.argmax(axis=0).astype(np.uint8)
+            written += write_prediction(vol, pred, out,
+                                        probs if args.probabilities else None)
     except KeyboardInterrupt:
         print(f"interrupted; {_partial(written, targets, out)}", file=sys.stderr)
         return 130
@@ -146,7 +159,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise WeaksegError(f"{detail}; {_partial(written, targets, out)}") from exc
     finally:
         remove_stale_temps(out)
-    print(f"wrote {len(written)} label maps to {out}")
+    print(f"wrote {len(volumes)} label maps to {out}"
+          + (" with class probabilities" if args.probabilities else ""))
     return 0
 
 
@@ -197,6 +211,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the softmax over the 4 flips")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, like every other weakseg error."""
 
@@ -245,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder of .h5 files or an nnU-Net raw folder")
     p.add_argument("--patients", help="only these patients/cases, e.g. 91-100")
     p.add_argument("--out", help="CSV path (default: next to the checkpoint)")
+    _inference_options(p)
     p.add_argument("--allow-missing", action="store_true",
                    help="skip (and list) volumes without a full label map instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -256,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="folder (or file) of .h5 or NIfTI images")
     p.add_argument("--output", required=True,
                    help="output folder (same format as the input); never the input folder")
+    _inference_options(p)
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write the softmax probabilities (NIfTI: <case>_probabilities"
+                        ".nii.gz, 4D; h5: a 'probabilities' data set)")
     p.add_argument("--force", action="store_true",
                    help="replace existing label maps in --output, or write inside the data set's "
                         "folders; input files are never overwritten")

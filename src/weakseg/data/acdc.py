@@ -123,8 +123,12 @@ def h5_prediction_path(volume: Volume, out_dir: str | Path) -> Path:
     return Path(out_dir) / f"{volume.key}.h5"
 
 
-def write_h5_prediction(volume: Volume, prediction: np.ndarray, out_dir: str | Path) -> Path:
-    """Write ``prediction`` (Z, H, W) as ``<key>.h5`` with dataset ``prediction`` (uint8).
+def write_h5_prediction(
+    volume: Volume, prediction: np.ndarray, out_dir: str | Path,
+    probabilities: np.ndarray | None = None,
+) -> Path:
+    """Write ``prediction`` (Z, H, W) as ``<key>.h5`` with dataset ``prediction`` (uint8),
+    and ``probabilities`` (C, Z, H, W) as dataset ``probabilities`` (float16) when given.
 
     Written to a temporary name and renamed: a kill never leaves a torn file."""
     import h5py
@@ -133,6 +137,9 @@ def write_h5_prediction(volume: Volume, prediction: np.ndarray, out_dir: str | P
     try:
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("prediction", data=prediction.astype(np.uint8), compression="gzip")
+            if probabilities is not None:
+                f.create_dataset("probabilities", data=probabilities.astype(np.float16),
+                                 compression="gzip")
     except OSError as exc:
         raise WeaksegError(f"cannot write prediction to {path}: {exc.strerror or exc}") from exc
     return path

@@ -20,8 +20,10 @@ from weakseg.data.base import Volume, VolumeSet
 from weakseg.data.nifti import (
     load_nifti_folder,
     nifti_prediction_path,
+    nifti_probabilities_path,
     read_nifti_image_folder,
     write_nifti_prediction,
+    write_nifti_probabilities,
 )
 from weakseg.errors import WeaksegError
 from weakseg.safeio import is_within
@@ -30,6 +32,7 @@ __all__ = [
     "NNUNET_DATA_DIRS",
     "check_prediction_targets",
     "detect_format",
+    "output_paths",
     "prediction_path",
     "read_images",
     "read_labelled",
@@ -104,6 +107,14 @@ def prediction_path(volume: Volume, out_dir: str | Path) -> Path:
     return h5_prediction_path(volume, out_dir)
 
 
+def output_paths(volume: Volume, out_dir: str | Path, *, probabilities: bool) -> list[Path]:
+    """Every file :func:`write_prediction` writes for ``volume``."""
+    paths = [prediction_path(volume, out_dir)]
+    if probabilities and volume.meta.get("format") == "nifti":
+        paths.append(nifti_probabilities_path(volume, out_dir))
+    return paths
+
+
 def _protected_folders(input_path: Path) -> list[Path]:
     """The input folder and, when it belongs to an nnU-Net data set (a ``dataset.json`` in it
     or beside it), that data set's image and label folders."""
@@ -116,7 +127,8 @@ def _protected_folders(input_path: Path) -> list[Path]:
 
 
 def check_prediction_targets(
-    input_path: str | Path, out_dir: str | Path, volumes: list[Volume], *, force: bool = False
+    input_path: str | Path, out_dir: str | Path, volumes: list[Volume], *, force: bool = False,
+    probabilities: bool = False,
 ) -> list[Path]:
     """Refuse an output that would write into the input; return the output paths.
 
@@ -136,7 +148,7 @@ def check_prediction_targets(
             "the images; choose another folder"
         )
     sources = {p.resolve() for v in volumes for p in source_files(v)}
-    targets = [prediction_path(v, out) for v in volumes]
+    targets = [p for v in volumes for p in output_paths(v, out, probabilities=probabilities)]
     if len(set(targets)) < len(targets):
         twice = next(t for t in targets if targets.count(t) > 1)
         raise WeaksegError(
@@ -166,8 +178,15 @@ def check_prediction_targets(
     return targets
 
 
-def write_prediction(volume: Volume, prediction: np.ndarray, out_dir: str | Path) -> Path:
-    """Write a class map in the volume's own format and geometry (atomically)."""
+def write_prediction(
+    volume: Volume, prediction: np.ndarray, out_dir: str | Path,
+    probabilities: np.ndarray | None = None,
+) -> list[Path]:
+    """Write a class map (and the class probabilities ``(C, Z, H, W)`` when given) in the
+    volume's own format and geometry, atomically; returns the written paths."""
     if volume.meta.get("format") == "nifti":
-        return write_nifti_prediction(volume, prediction, out_dir)
-    return write_h5_prediction(volume, prediction, out_dir)
+        paths = [write_nifti_prediction(volume, prediction, out_dir)]
+        if probabilities is not None:
+            paths.append(write_nifti_probabilities(volume, probabilities, out_dir))
+        return paths
+    return [write_h5_prediction(volume, prediction, out_dir, probabilities)]

@@ -52,8 +52,10 @@ from weakseg.safeio import atomic_path
 __all__ = [
     "load_nifti_folder",
     "nifti_prediction_path",
+    "nifti_probabilities_path",
     "read_nifti_image_folder",
     "write_nifti_prediction",
+    "write_nifti_probabilities",
 ]
 
 #: Weak annotations read by this module are stored under this name.
@@ -618,7 +620,9 @@ def read_nifti_image_folder(folder: str | Path) -> list[Volume]:
     if folder.is_file():
         if not _is_nifti(folder):
             raise WeaksegError(f"input {folder} is not a .nii.gz / .nii file")
-        cases: dict[str, dict[int, Path]] = {_strip_ext(folder.name): {0: folder}}
+        m = _CHANNEL_RE.match(folder.name)  # case_0000.nii.gz → case "case"
+        name = m.group("case") if m and m.group("channel") == "0000" else _strip_ext(folder.name)
+        cases: dict[str, dict[int, Path]] = {name: {0: folder}}
         nnunet = False
         image_dir = folder.parent
     else:
@@ -707,6 +711,36 @@ def write_nifti_prediction(volume: Volume, prediction: np.ndarray, out_dir: str 
             nib.save(img, str(tmp))
     except OSError as exc:
         raise WeaksegError(f"cannot write prediction to {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def nifti_probabilities_path(volume: Volume, out_dir: str | Path) -> Path:
+    """Where :func:`write_nifti_probabilities` writes: ``<case>_probabilities.nii.gz``."""
+    return Path(out_dir) / f"{volume.meta.get('case', volume.key)}_probabilities.nii.gz"
+
+
+def write_nifti_probabilities(
+    volume: Volume, probabilities: np.ndarray, out_dir: str | Path
+) -> Path:
+    """Write softmax probabilities ``(C, Z, H, W)`` as a 4D float32 NIfTI ``(X, Y, Z, C)``
+    on the input grid (same affine)."""
+    probs = np.asarray(probabilities, dtype=np.float32)
+    if probs.ndim != 4 or tuple(probs.shape[1:]) != volume.shape:
+        raise WeaksegError(f"probabilities for '{volume.key}' have shape {probs.shape}; "
+                           f"expected (C, {', '.join(map(str, volume.shape))})")
+    affine = volume.meta.get("affine")
+    if affine is None:
+        sz, sy, sx = volume.spacing or (1.0, 1.0, 1.0)
+        affine = np.diag([sx, sy, sz, 1.0])
+    data = np.ascontiguousarray(np.transpose(probs, (3, 2, 1, 0)))
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.header.set_data_dtype(np.float32)
+    path = nifti_probabilities_path(volume, out_dir)
+    try:
+        with atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
+    except OSError as exc:
+        raise WeaksegError(f"cannot write probabilities to {path}: {exc.strerror or exc}") from exc
     return path
 
 

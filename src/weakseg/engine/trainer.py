@@ -52,6 +52,7 @@ from weakseg.engine.checkpoint import (
     load_checkpoint,
     save_atomic,
 )
+from weakseg.engine.device import resolve_device
 from weakseg.engine.inference import predict_volume
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe
@@ -163,28 +164,7 @@ def build_optimizer(
 
 
 def _device(name: str) -> torch.device:
-    """``train.device`` as a torch device, refusing one this torch build cannot use."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise WeaksegError(f"bad train.device '{name}'; use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
-            raise WeaksegError(
-                f"train.device={name} but this torch {torch.__version__} has {build}; use "
-                "train.device=cpu (or auto), or install a CUDA build of torch"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise WeaksegError(
-                f"train.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif device.type != "cpu":
-        raise WeaksegError(f"train.device={name} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
+    return resolve_device(name, "train.device")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -278,6 +258,7 @@ def evaluate_volumes(
     *,
     size: int,
     device: torch.device | str = "cpu",
+    tta: bool = False,
     progress: bool = False,
 ) -> Any:
     """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``."""
@@ -289,7 +270,7 @@ def evaluate_volumes(
     for vol in tqdm(volumes, desc="evaluate", disable=not progress, leave=False):
         if vol.label is None:
             raise WeaksegError(f"{vol.key}: no full label map to score against")
-        pred = predict_volume(model, vol, size=size, device=device)
+        pred = predict_volume(model, vol, size=size, device=device, tta=tta)
         metrics.update(pred, vol.label, key=vol.key, spacing=vol.spacing)
     return metrics
 
