@@ -57,16 +57,22 @@ from weakseg.engine.inference import predict_volume
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe
 from weakseg.models import MODELS
+from weakseg.report.plots import plot_curves, plot_volume_overlays
 from weakseg.safeio import atomic_path, check_output_folder, remove_stale_temps, write_text_atomic
 
 __all__ = [
     "DataSplits",
+    "Run",
     "TrainResult",
     "build_model",
     "build_optimizer",
+    "evaluate",
     "evaluate_volumes",
+    "finalize",
     "load_data",
     "load_model_from_checkpoint",
+    "save_epoch",
+    "setup",
     "train",
     "train_one_epoch",
 ]
@@ -350,33 +356,56 @@ def _same_config(saved: dict[str, Any], cfg: Config) -> list[str]:
     return diffs
 
 
-def train(
-    cfg: Config,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    log: Logger = print,
-    stop_after_epoch: int | None = None,
-) -> TrainResult:
-    """Train ``cfg`` into ``out_dir`` (see the module docstring for what is written).
+@dataclass
+class Run:
+    """Everything one training run holds between its steps (built by :func:`setup`)."""
 
-    Args:
-        resume: continue from ``out_dir/last.pt`` when it exists.
-        stop_after_epoch: stop (as if killed) after this many epochs; for tests.
-    """
+    cfg: Config
+    out: Path
+    device: torch.device
+    splits: DataSplits
+    data: SliceData
+    val_slices: SliceData | None
+    model: nn.Module
+    recipe: LossRecipe
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps: int
+    meta: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "score": -math.inf})
+    start: int = 0
+    writer: Any = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+
+def _check_run_folder(out_dir: str | Path, resume: bool) -> Path:
     out = check_output_folder(out_dir, "--out")
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not resume:
+    if (out / "last.pt").exists() and not resume:
         raise WeaksegError(
             f"{out} already holds a run (last.pt); pass --resume to continue it or choose "
             "another --out folder"
         )
-    if resume and not last_path.exists():
+    if resume and not (out / "last.pt").exists():
         raise WeaksegError(
             f"nothing to resume in {out}: it has no last.pt; check the folder name, or drop "
             "--resume to start a new run"
         )
+    return out
+
+
+def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger = print) -> Run:
+    """Check the run folder and device, read the data, build the network, loss, optimiser
+    and schedule, restore ``last.pt`` when resuming; nothing is written before all of it
+    succeeded. Then the run folder gets its ``config.yaml``."""
+    out = _check_run_folder(out_dir, resume)
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -401,31 +430,43 @@ def train(
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
     optimizer, scheduler = build_optimizer(cfg, model, steps * t.epochs)
-
-    history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "score": -math.inf}
-    start = 0
-    if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        diffs = _same_config(ckpt["config"], cfg)
-        if diffs:
-            raise WeaksegError(
-                f"cannot resume {out}: config sections {diffs} differ from the saved run; "
-                "resume with the same config (only train.epochs may grow)"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        recipe.load_state_dict(ckpt["recipe"])
-        history, best, start = ckpt["history"], ckpt["best"], int(ckpt["epoch"])
-        log(f"resuming {out} after epoch {start}/{t.epochs}")
+    meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "class_names": ds.class_names,
+            "in_channels": ds.in_channels, "size": cfg.data.size}
+    run = Run(cfg, out, device, splits, data, val_slices, model, recipe, optimizer, scheduler,
+              steps, meta)
+    if resume:
+        _restore(run, log)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out, LEGACY_TEMPS)  # left by a killed run
     write_text_atomic(out / "config.yaml", dump_config(cfg))
+    _log_setup(run, log)
+    run.writer = _tensorboard(out)
+    return run
+
+
+def _restore(run: Run, log: Logger) -> None:
+    ckpt = load_checkpoint(run.last_path)
+    diffs = _same_config(ckpt["config"], run.cfg)
+    if diffs:
+        raise WeaksegError(
+            f"cannot resume {run.out}: config sections {diffs} differ from the saved run; "
+            "resume with the same config (only train.epochs may grow)"
+        )
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.recipe.load_state_dict(ckpt["recipe"])
+    run.history, run.best, run.start = ckpt["history"], ckpt["best"], int(ckpt["epoch"])
+    log(f"resuming {run.out} after epoch {run.start}/{run.cfg.train.epochs}")
+
+
+def _log_setup(run: Run, log: Logger) -> None:
+    cfg, splits, data = run.cfg, run.splits, run.data
     log(
         f"training {cfg.model.name} on {len(data)} slices from {len(splits.train)} volumes "
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
-        f"{len(splits.val)} validation volumes, {t.epochs} epochs × {steps} steps, {device}"
+        f"{len(splits.val)} validation volumes, {cfg.train.epochs} epochs × {run.steps} steps, "
+        f"{run.device}"
     )
     if splits.unscored:
         listed = ", ".join(splits.unscored[:5]) + ("…" if len(splits.unscored) > 5 else "")
@@ -434,99 +475,124 @@ def train(
     for name, line in zip(cfg.data.priors, describe_priors(cfg.data.priors, len(data)),
                           strict=True):
         log(f"{'ORACLE ' if name in ORACLE_PRIORS else ''}prior {line}")
-    writer = _tensorboard(out)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "config": cfg.to_dict(),
-        "class_names": ds.class_names,
-        "in_channels": ds.in_channels,
-        "size": cfg.data.size,
-    }
-    t0 = time.perf_counter()
-    for epoch in range(start, t.epochs):
-        tic = time.perf_counter()
-        parts = train_one_epoch(
-            model, recipe, data, optimizer, scheduler, batch_size=t.batch_size,
-            seed=_epoch_seed(t.seed, epoch), augment=t.augment,
-            max_steps=t.max_steps_per_epoch, steps=t.steps_per_epoch, crop=cfg.data.crop,
-            device=device, progress=progress,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-        )
-        recipe.epoch_step()  # log-barrier t; saved with the recipe state below
-        train_s = time.perf_counter() - tic
-        n_steps = int(parts.pop("steps"))
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_seconds": round(train_s, 3),
-            "images_per_s": round(n_steps * t.batch_size / max(train_s, 1e-9), 2),
-        }
-        row.update({f"train_{k}": v for k, v in parts.items()})
-        last_epoch = epoch + 1 == t.epochs
-        if splits.val and ((epoch + 1) % t.val_every == 0 or last_epoch):
-            vm = evaluate_volumes(model, splits.val, ds.class_names, size=cfg.data.size,
-                                  device=device)
-            scores = vm.compute()
-            row.update({f"val_{k}": v for k, v in scores.items() if k.startswith(("dice", "hd95"))})
-            if val_slices is not None:
-                stats = constraint_stats(model, recipe, val_slices, device=device)
-                row.update({f"val_{k}": v for k, v in stats.items() if k.endswith("violated")})
-            score = scores["dice_mean"]
-        else:
-            score = -math.inf
-        if score > best["score"] or not splits.val:  # no validation: keep the last epoch
-            best = {"epoch": epoch + 1, "score": float(score)}
-            save_atomic({**meta, "model": model.state_dict(), "epoch": epoch + 1,
-                         "score": float(score)}, best_path)
-        row["epoch_seconds"] = round(time.perf_counter() - tic, 3)
-        history.append(row)
-        save_atomic(
-            {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "recipe": recipe.state_dict(),
-             "epoch": epoch + 1, "history": history, "best": best},
-            last_path,
-        )
-        _write_log(history, out / "log.csv")
-        if writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    writer.add_scalar(k, v, epoch + 1)
-        val_txt = f" val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
-        log(
-            f"epoch {epoch + 1}/{t.epochs}: loss {parts['total']:.4f}{val_txt} "
-            f"({train_s:.1f}s, {row['images_per_s']:.1f} img/s)"
-        )
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            return TrainResult(out, int(best["epoch"]), _score(best, splits.val),
-                               time.perf_counter() - t0, history)
-    if writer is not None:
-        writer.close()
 
-    result = TrainResult(out, int(best["epoch"]), _score(best, splits.val),
-                         time.perf_counter() - t0, history)
-    best_ckpt = load_checkpoint(best_path)
-    model.load_state_dict(best_ckpt["model"])
-    from weakseg.report import plot_curves, plot_volume_overlays
 
-    plot_curves(out / "curves.png", {out.name: out / "log.csv"})
-    for name, vols in (("val", splits.val), ("test", splits.test)):
+def evaluate(run: Run) -> tuple[dict[str, float], float]:
+    """Validation metrics of the current weights (Dice/HD95 per class, and the constraint
+    violations on the validation slices when priors are set) and the selection score."""
+    ds = run.splits.dataset
+    vm = evaluate_volumes(run.model, run.splits.val, ds.class_names, size=run.cfg.data.size,
+                          device=run.device)
+    scores = vm.compute()
+    row = {f"val_{k}": v for k, v in scores.items() if k.startswith(("dice", "hd95"))}
+    if run.val_slices is not None:
+        stats = constraint_stats(run.model, run.recipe, run.val_slices, device=run.device)
+        row.update({f"val_{k}": v for k, v in stats.items() if k.endswith("violated")})
+    return row, float(scores["dice_mean"])
+
+
+def save_epoch(run: Run, row: dict[str, Any], score: float) -> None:
+    """Record epoch ``row["epoch"]``: ``best.pt`` when it is the best so far (the latest
+    when there is no validation), ``last.pt`` (atomic), ``log.csv``, TensorBoard."""
+    epoch = int(row["epoch"])
+    if score > run.best["score"] or not run.splits.val:
+        run.best = {"epoch": epoch, "score": float(score)}
+        save_atomic({**run.meta, "model": run.model.state_dict(), "epoch": epoch,
+                     "score": float(score)}, run.best_path)
+    run.history.append(row)
+    save_atomic(
+        {**run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+         "scheduler": run.scheduler.state_dict(), "recipe": run.recipe.state_dict(),
+         "epoch": epoch, "history": run.history, "best": run.best},
+        run.last_path,
+    )
+    _write_log(run.history, run.out / "log.csv")
+    if run.writer is not None:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                run.writer.add_scalar(k, v, epoch)
+
+
+def finalize(run: Run, seconds: float) -> TrainResult:
+    """Score ``best.pt`` on the validation and test volumes; write their metrics, overlays,
+    ``curves.png`` and ``summary.json``."""
+    if run.writer is not None:
+        run.writer.close()
+    result = TrainResult(run.out, int(run.best["epoch"]), _score(run.best, run.splits.val),
+                         seconds, run.history)
+    run.model.load_state_dict(load_checkpoint(run.best_path)["model"])
+    plot_curves(run.out / "curves.png", {run.out.name: run.out / "log.csv"})
+    size, names = run.cfg.data.size, run.splits.dataset.class_names
+    for name, vols in (("val", run.splits.val), ("test", run.splits.test)):
         if vols:
-            vm = evaluate_volumes(model, vols, ds.class_names, size=cfg.data.size, device=device)
-            vm.write_csv(out / f"{name}_metrics.csv")
+            vm = evaluate_volumes(run.model, vols, names, size=size, device=run.device)
+            vm.write_csv(run.out / f"{name}_metrics.csv")
             setattr(result, f"{name}_metrics", vm.compute())
             shown = vols[:4]
-            preds = [predict_volume(model, v, size=cfg.data.size, device=device) for v in shown]
-            plot_volume_overlays(out / f"{name}_overlay.png", shown, {"prediction": preds},
-                                 class_names=ds.class_names)
+            preds = [predict_volume(run.model, v, size=size, device=run.device) for v in shown]
+            plot_volume_overlays(run.out / f"{name}_overlay.png", shown, {"prediction": preds},
+                                 class_names=names)
     summary = {
         "best_epoch": result.best_epoch,
-        "best_val_dice": result.best_score if splits.val else None,
-        "train_seconds_total": float(sum(r["train_seconds"] for r in history)),
+        "best_val_dice": result.best_score if run.splits.val else None,
+        "train_seconds_total": float(sum(r["train_seconds"] for r in run.history)),
         "val_metrics": result.val_metrics,
         "test_metrics": result.test_metrics,
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(run.out / "summary.json", json.dumps(summary, indent=2))
     return result
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Logger = print,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
+    """Train ``cfg`` into ``out_dir`` (see the module docstring for what is written):
+    :func:`setup`, then per epoch :func:`train_one_epoch`, :func:`evaluate` and
+    :func:`save_epoch`, then :func:`finalize`.
+
+    Args:
+        resume: continue from ``out_dir/last.pt`` (an error when there is none).
+        stop_after_epoch: stop (as if killed) after this many epochs; for tests.
+    """
+    run = setup(cfg, out_dir, resume=resume, log=log)
+    t = cfg.train
+    t0 = time.perf_counter()
+    for epoch in range(run.start, t.epochs):
+        tic = time.perf_counter()
+        parts = train_one_epoch(
+            run.model, run.recipe, run.data, run.optimizer, run.scheduler,
+            batch_size=t.batch_size, seed=_epoch_seed(t.seed, epoch), augment=t.augment,
+            max_steps=t.max_steps_per_epoch, steps=t.steps_per_epoch, crop=cfg.data.crop,
+            device=run.device, progress=progress, desc=f"epoch {epoch + 1}/{t.epochs}",
+        )
+        run.recipe.epoch_step()  # log-barrier t; saved with the recipe state
+        train_s = time.perf_counter() - tic
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "train_seconds": round(train_s, 3),
+            "images_per_s": round(int(parts.pop("steps")) * t.batch_size / max(train_s, 1e-9), 2),
+        }
+        row.update({f"train_{k}": v for k, v in parts.items()})
+        score = -math.inf
+        if run.splits.val and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
+            metrics, score = evaluate(run)
+            row.update(metrics)
+        row["epoch_seconds"] = round(time.perf_counter() - tic, 3)
+        save_epoch(run, row, score)
+        val_txt = f" val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
+        log(f"epoch {epoch + 1}/{t.epochs}: loss {parts['total']:.4f}{val_txt} "
+            f"({train_s:.1f}s, {row['images_per_s']:.1f} img/s)")
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            return TrainResult(run.out, int(run.best["epoch"]), _score(run.best, run.splits.val),
+                               time.perf_counter() - t0, run.history)
+    return finalize(run, time.perf_counter() - t0)
 
 
 def _score(best: dict[str, Any], val: list[Volume]) -> float:
