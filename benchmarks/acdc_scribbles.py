@@ -142,7 +142,7 @@ def overlay(names: list[str], patients: str, *, results: Path = RESULTS,
             annotation: str | None = "scribble") -> None:
     """Mid-ventricle slices of a few validation volumes: [scribbles], truth, each run."""
     from weakseg.data import DATASETS
-    from weakseg.engine.inference import predict_volume
+    from weakseg.engine.inference import checkpoint_geometry, predict_volume
     from weakseg.engine.trainer import load_model_from_checkpoint
     from weakseg.report import plot_volume_overlays
 
@@ -153,7 +153,7 @@ def overlay(names: list[str], patients: str, *, results: Path = RESULTS,
     for name in names:
         if (results / name / "best.pt").exists():
             model, ckpt = load_model_from_checkpoint(results / name / "best.pt")
-            preds[name] = [predict_volume(model, v, size=int(ckpt["size"])) for v in vols]
+            preds[name] = [predict_volume(model, v, **checkpoint_geometry(ckpt)) for v in vols]
     plot_volume_overlays(path, vols, preds, class_names=vset.class_names,
                          annotation=annotation)
     print(f"wrote {path}")

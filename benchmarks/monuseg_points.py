@@ -33,7 +33,7 @@ def score(name: str, vols: list) -> dict:
     """Pixel and instance scores of ``name``'s best.pt on ``vols``, pooled over tiles."""
     import numpy as np
 
-    from weakseg.engine.inference import predict_volume
+    from weakseg.engine.inference import checkpoint_geometry, predict_volume
     from weakseg.engine.trainer import load_model_from_checkpoint
     from weakseg.metrics.instances import aggregated_jaccard_index, instances_from_semantic
 
@@ -41,7 +41,7 @@ def score(name: str, vols: list) -> dict:
     tp = fp = fn = 0
     ajis, dices, preds = [], [], []
     for v in vols:
-        pred = predict_volume(model, v, size=int(ckpt["size"]))[0]
+        pred = predict_volume(model, v, **checkpoint_geometry(ckpt))[0]
         truth = v.label[0] == 1
         p = pred == 1
         tp_, fp_, fn_ = int((p & truth).sum()), int((p & ~truth).sum()), int((~p & truth).sum())

@@ -103,3 +103,19 @@ def test_validation_with_scribbles_only_is_an_error(own_data, tmp_path, capsys):
     cfg = _config(tmp_path, own_data, train="1-3", val="4")
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
     assert "none of the 2 val volumes has a dense label map" in capsys.readouterr().err
+
+
+def test_spacing_aware_training_and_prediction(own_data, tmp_path, capsys):
+    import torch
+
+    cfg = _config(tmp_path, own_data, train="1-4", val="5-6", spacing="median", crop=16)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert "slices resampled to 1.5 × 1.5 mm on a 32² canvas" in capsys.readouterr().out
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["spacing"] == [1.5, 1.5] and ckpt["roi"] == 16
+    pred = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), "--input",
+                 str(own_data / "imagesTr"), "--output", str(pred), "--quiet"]) == 0
+    written = nib.load(pred / "patient005_frame01.nii.gz")
+    assert written.shape == (32, 32, 4) and np.allclose(written.affine, AFFINE)

@@ -77,6 +77,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.data.folders import read_labelled
     from weakseg.data.splits import select_groups
     from weakseg.engine.device import resolve_device
+    from weakseg.engine.inference import checkpoint_geometry
     from weakseg.engine.trainer import evaluate_volumes, load_model_from_checkpoint
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / (
@@ -108,8 +109,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"warning: skipping {len(missing)} volumes without a full label map: {listed}",
               file=sys.stderr)
         volumes = [v for v in volumes if v.label is not None]
-    metrics = evaluate_volumes(model, volumes, list(ckpt["class_names"]), size=int(ckpt["size"]),
-                               device=device, tta=args.tta, progress=not args.quiet)
+    metrics = evaluate_volumes(model, volumes, list(ckpt["class_names"]), device=device,
+                               tta=args.tta, progress=not args.quiet, **checkpoint_geometry(ckpt))
     metrics.write_csv(out)
     print(metrics.format_table())
     print(f"per-volume metrics of {len(volumes)} volumes written to {out}")
@@ -122,7 +123,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from weakseg.data.folders import check_prediction_targets, read_images, write_prediction
     from weakseg.engine.device import resolve_device
-    from weakseg.engine.inference import predict_probabilities
+    from weakseg.engine.inference import checkpoint_geometry, predict_probabilities
     from weakseg.engine.trainer import load_model_from_checkpoint
 
     out = check_output_folder(args.output, "--output")
@@ -145,8 +146,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     written: list[Path] = []
     try:
         for vol in tqdm(volumes, desc="predict", disable=args.quiet):
-            probs = predict_probabilities(model, vol, size=int(ckpt["size"]), device=device,
-                                          tta=args.tta)
+            probs = predict_probabilities(model, vol, device=device, tta=args.tta,
+                                          **checkpoint_geometry(ckpt))
             pred = probs.argmax(axis=0).astype(np.uint8)
             written += write_prediction(vol, pred, out,
                                         probs if args.probabilities else None)

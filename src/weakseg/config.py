@@ -77,6 +77,10 @@ class DataConfig:
     ``bounds_from_tags``, ``bounds_from_boxes``, ``oracle_bounds`` (ablations only).
     ``crop``: train on random ``crop × crop`` windows of the resized slices (large images
     such as histology tiles); validation and prediction still use whole images.
+    ``spacing``: unset → every slice is resized to ``size × size``; ``median`` (the training
+    volumes' median in-plane spacing, as nnU-Net) or ``[y, x]`` mm → slices are resampled to
+    that spacing keeping their aspect ratio and centred on a ``size × size`` canvas;
+    prediction then slides ``crop`` (or ``size``) windows over the resampled slice.
     """
 
     name: str = "phantom"
@@ -86,6 +90,7 @@ class DataConfig:
     annotation_params: dict[str, Any] = field(default_factory=dict)
     annotation_seed: int = _field(0, ge=0)
     size: int = _field(128, ge=16, multiple_of=16)
+    spacing: str | list[float] | None = _field(None, spacing=True)
     crop: int | None = None
     train: str | None = _field(None, selection=True)
     val: str | None = _field(None, selection=True)
@@ -159,6 +164,19 @@ def _check_rules(where: str, value: Any, rules: dict[str, Any]) -> None:
         raise WeaksegError(f"config '{where}' must be a multiple of {step}, got {value}")
 
 
+def _spacing(where: str, value: Any) -> str | list[float] | None:
+    """``data.spacing``: unset, ``median``, or ``[y, x]`` in mm (positive, finite)."""
+    if value is None or value == "median":
+        return value
+    ok = (isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in value))
+    if not ok:
+        raise WeaksegError(f"config '{where}' must be median or [y, x] in mm (e.g. [1.5, 1.5]), "
+                           f"got {value!r}")
+    return [float(v) for v in value]
+
+
 def _coerce(section: str, name: str, value: Any, default: Any, annotation: str) -> Any:
     """Type check of scalar fields (YAML gives str/int/float/bool/None)."""
     where = f"{section}.{name}"
@@ -209,6 +227,9 @@ def _section(name: str, cls: type, raw: Any) -> Any:
         f = fields[key]
         if f.metadata.get("selection") and isinstance(value, list):  # [case_a, "case_b*"]
             value = ",".join(str(v) for v in value)
+        if f.metadata.get("spacing"):
+            kwargs[key] = _spacing(f"{name}.{key}", value)
+            continue
         kwargs[key] = _coerce(name, key, value, f.default, str(f.type))
         _check_rules(f"{name}.{key}", kwargs[key], dict(f.metadata))
     return cls(**kwargs)

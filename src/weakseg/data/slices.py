@@ -2,10 +2,15 @@
 
 Images are normalised per volume (percentiles 0.5–99.5 → [0, 1]) and resized
 with **linear** interpolation; label maps and weak annotations with **nearest**
-(never the other way round). Slices keep their volume key so that splits stay
-by patient and predictions can be stacked back into volumes. Per-slice priors for
-the constraint losses (tags, boxes, size bounds: :mod:`weakseg.data.priors`) are
-computed from the resized full label maps and kept in ``SliceData.extras``.
+(never the other way round). Two geometries: without a target spacing every slice is
+resized to ``size × size`` (aspect ratio not kept); with one (``data.spacing``), every slice
+is resampled to that in-plane spacing in mm (aspect ratio kept) and centred on a
+``size × size`` canvas (padded: image 0, labels background / unlabelled; cropped when larger),
+so that a pixel is the same size in mm in every training slice (:func:`to_spacing`).
+Slices keep their volume key so that splits stay by patient and predictions can be stacked
+back into volumes. Per-slice priors for the constraint losses (tags, boxes, size bounds:
+:mod:`weakseg.data.priors`) are computed from the resized full label maps and kept in
+``SliceData.extras``.
 """
 
 from __future__ import annotations
@@ -34,11 +39,16 @@ __all__ = [
     "SliceData",
     "augment_batch",
     "build_slices",
-    "random_crop",
+    "center_canvas",
+    "in_plane_spacing",
+    "median_spacing",
     "normalize_intensity",
+    "random_crop",
     "resize_image",
     "resize_labels",
     "resolve_annotation",
+    "spacing_shape",
+    "to_spacing",
     "volume_to_input",
 ]
 
@@ -74,6 +84,57 @@ def resize_labels(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return y
     out = F.interpolate(y[:, None].float(), size=size, mode="nearest-exact")
     return out[:, 0].round().long()
+
+
+def in_plane_spacing(volume: Volume, what: str = "data.spacing") -> tuple[float, float]:
+    """``(y, x)`` pixel size in mm of ``volume``; an error when the format stores none."""
+    if volume.spacing is None:
+        raise WeaksegError(
+            f"{what} needs the voxel spacing of each volume, but {volume.key} has none (e.g. "
+            "WSL4MIS h5 files); use NIfTI files, or unset data.spacing (square resize)"
+        )
+    return float(volume.spacing[1]), float(volume.spacing[2])
+
+
+def median_spacing(volumes: Sequence[Volume]) -> tuple[float, float]:
+    """The median in-plane spacing ``(y, x)`` in mm of ``volumes`` (nnU-Net's default)."""
+    sp = np.array([in_plane_spacing(v) for v in volumes])
+    return float(np.median(sp[:, 0])), float(np.median(sp[:, 1]))
+
+
+def spacing_shape(
+    shape: tuple[int, int], spacing: tuple[float, float], target: tuple[float, float]
+) -> tuple[int, int]:
+    """The ``(H, W)`` of a ``shape`` slice resampled from ``spacing`` to ``target`` mm."""
+    return (max(1, round(shape[0] * spacing[0] / target[0])),
+            max(1, round(shape[1] * spacing[1] / target[1])))
+
+
+def center_canvas(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
+    """Centre ``x`` ``(..., H, W)`` on a ``size × size`` canvas: pad with ``fill``, or crop."""
+    h, w = x.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    pad = (max(left, 0), max(size - w - left, 0), max(top, 0), max(size - h - top, 0))
+    if any(pad):
+        x = F.pad(x, pad, value=fill)
+    y0, x0 = max(-top, 0), max(-left, 0)
+    return x[..., y0:y0 + size, x0:x0 + size]
+
+
+def to_spacing(
+    volume: Volume, target: tuple[float, float], size: int, maps: Sequence[np.ndarray] = (),
+    fills: Sequence[int] = (),
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The normalised image ``(Z, K, size, size)`` of ``volume`` resampled to ``target`` mm
+    and centred on the canvas, and each integer map of ``maps`` alike (nearest), padded with
+    its ``fills`` value."""
+    shape = spacing_shape(volume.shape[1:], in_plane_spacing(volume), target)
+    x = center_canvas(resize_image(volume_to_input(volume), shape), size, 0.0)
+    out = []
+    for m, fill in zip(maps, fills, strict=True):
+        y = resize_labels(torch.from_numpy(np.asarray(m, dtype=np.int64)), shape)
+        out.append(center_canvas(y, size, fill))
+    return x, out
 
 
 def resolve_annotation(
@@ -160,12 +221,15 @@ def build_slices(
     seed: int = 0,
     annotation_params: dict | None = None,
     priors: Sequence[str] = (),
+    spacing: tuple[float, float] | None = None,
 ) -> SliceData:
     """Slice, normalise and resize ``volumes`` into a :class:`SliceData`.
 
     ``priors`` (names of :data:`weakseg.data.priors.PRIORS`) are computed per slice from
     the full label maps resized (nearest) to ``size``, into ``SliceData.extras``; they
-    need volumes with full label maps.
+    need volumes with full label maps. With ``spacing`` (``(y, x)`` mm) the slices are
+    resampled to it and centred on the ``size × size`` canvas instead (:func:`to_spacing`;
+    targets are padded as unlabelled, full labels as background).
     """
     if not volumes:
         raise WeaksegError("no training volumes selected; check data.train and data.root")
@@ -184,15 +248,21 @@ def build_slices(
         target = resolve_annotation(
             vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
         )
-        x = resize_image(volume_to_input(vol), (size, size))
-        y = resize_labels(torch.from_numpy(np.asarray(target, dtype=np.int64)), (size, size))
+        if spacing is not None:
+            maps = [np.asarray(target)] + ([np.asarray(vol.label)] if priors else [])
+            x, (y, *lab) = to_spacing(vol, spacing, size, maps, [IGNORE_INDEX, 0][:len(maps)])
+            if priors:
+                full.append(lab[0].numpy())
+        else:
+            x = resize_image(volume_to_input(vol), (size, size))
+            y = resize_labels(torch.from_numpy(np.asarray(target, dtype=np.int64)), (size, size))
+            if priors:
+                label = torch.from_numpy(np.asarray(vol.label, dtype=np.int64))
+                full.append(resize_labels(label, (size, size)).numpy())
         images.append(x)
         targets.append(y)
         keys += [vol.key] * x.shape[0]
         index += list(range(x.shape[0]))
-        if priors:
-            label = torch.from_numpy(np.asarray(vol.label, dtype=np.int64))
-            full.append(resize_labels(label, (size, size)).numpy())
     extras = compute_priors(full, priors, num_classes=num_classes)
     recomputed = any(PRIOR_REGISTRY.get(p).on_crop == "recompute" for p in priors)
     crop_labels = None

@@ -1,24 +1,38 @@
 """Slice-wise prediction of whole volumes at their original size.
 
-Each slice is normalised and resized to the training size, the network's softmax is
-resized back (bilinear) to the slice's own size, and the arg-max is the label map. With
-``tta`` the softmax is averaged over the four flips of the slice (none, vertical,
+In the square geometry each slice is normalised and resized to the training size. With a
+training ``spacing`` (``data.spacing``) each slice is resampled to that spacing instead
+(aspect ratio kept) and predicted by sliding windows of the training patch size (``roi``)
+with Gaussian weighting (MONAI's ``sliding_window_inference``, overlap 0.5). Either way the
+softmax is resized back (bilinear) to the slice's own grid, and the arg-max is the label
+map. With ``tta`` the softmax is averaged over the four flips of the slice (none, vertical,
 horizontal, both), each flipped back before averaging.
 """
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
 from torch import nn
 
 from weakseg.data.base import Volume
-from weakseg.data.slices import resize_image, volume_to_input
+from weakseg.data.slices import in_plane_spacing, resize_image, spacing_shape, volume_to_input
 
-__all__ = ["FLIPS", "predict_probabilities", "predict_volume"]
+__all__ = ["FLIPS", "checkpoint_geometry", "predict_probabilities", "predict_volume"]
 
 #: Test-time augmentation: the spatial axes of a ``(B, C, H, W)`` batch flipped in turn.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
+
+
+def checkpoint_geometry(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``size``, ``spacing`` and ``roi`` a checkpoint was trained with, as keyword arguments
+    of :func:`predict_probabilities` (older checkpoints: the square geometry)."""
+    spacing = ckpt.get("spacing")
+    return {"size": int(ckpt["size"]), "spacing": tuple(spacing) if spacing else None,
+            "roi": ckpt.get("roi")}
 
 
 def _softmax(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -41,17 +55,33 @@ def predict_probabilities(
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     tta: bool = False,
+    spacing: tuple[float, float] | None = None,
+    roi: int | None = None,
 ) -> np.ndarray:
-    """Class probabilities ``(C, Z, H, W)`` float32 on ``volume``'s own grid."""
+    """Class probabilities ``(C, Z, H, W)`` float32 on ``volume``'s own grid.
+
+    ``spacing`` (``(y, x)`` mm) and ``roi`` (the training patch size, default ``size``)
+    select the spacing-aware geometry (see the module docstring)."""
     was_training = model.training
     model.eval()
     x = volume_to_input(volume)
     h, w = x.shape[-2:]
+    if spacing is None:
+        shape = (size, size)
+    else:
+        shape = spacing_shape((h, w), in_plane_spacing(volume, "this checkpoint"), spacing)
+    window = roi or size
     chunks = []
     for start in range(0, x.shape[0], batch_size):
-        chunk = resize_image(x[start : start + batch_size], (size, size)).to(device)
-        probs = _softmax(model, chunk, tta)
-        probs = resize_image(probs, (h, w)) if (h, w) != (size, size) else probs
+        chunk = resize_image(x[start : start + batch_size], shape).to(device)
+        if spacing is None:
+            probs = _softmax(model, chunk, tta)
+        else:
+            probs = cast(torch.Tensor, sliding_window_inference(
+                chunk, (window, window), batch_size, lambda t: _softmax(model, t, tta),
+                overlap=0.5, mode="gaussian",
+            ))
+        probs = resize_image(probs, (h, w)) if (h, w) != shape else probs
         chunks.append(probs.float().cpu())
     model.train(was_training)
     return torch.cat(chunks).movedim(1, 0).numpy()
@@ -66,8 +96,10 @@ def predict_volume(
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     tta: bool = False,
+    spacing: tuple[float, float] | None = None,
+    roi: int | None = None,
 ) -> np.ndarray:
     """Predict a ``(Z, H, W)`` uint8 class map for ``volume`` (see the module docstring)."""
     probs = predict_probabilities(model, volume, size=size, device=device,
-                                  batch_size=batch_size, tta=tta)
+                                  batch_size=batch_size, tta=tta, spacing=spacing, roi=roi)
     return probs.argmax(axis=0).astype(np.uint8)

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -44,7 +44,14 @@ from weakseg.config import Config, config_from_dict, dump_config
 from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
 from weakseg.data.priors import ORACLE_PRIORS, describe_priors
-from weakseg.data.slices import SliceData, augment_batch, build_slices, random_crop
+from weakseg.data.slices import (
+    SliceData,
+    augment_batch,
+    build_slices,
+    in_plane_spacing,
+    median_spacing,
+    random_crop,
+)
 from weakseg.data.splits import fold_split, select_groups
 from weakseg.engine.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -265,9 +272,12 @@ def evaluate_volumes(
     size: int,
     device: torch.device | str = "cpu",
     tta: bool = False,
+    spacing: tuple[float, float] | None = None,
+    roi: int | None = None,
     progress: bool = False,
 ) -> Any:
-    """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``."""
+    """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``.
+    ``spacing``/``roi``: the spacing-aware geometry (:mod:`weakseg.engine.inference`)."""
     from tqdm.auto import tqdm
 
     from weakseg.metrics import VolumeMetrics
@@ -276,7 +286,8 @@ def evaluate_volumes(
     for vol in tqdm(volumes, desc="evaluate", disable=not progress, leave=False):
         if vol.label is None:
             raise WeaksegError(f"{vol.key}: no full label map to score against")
-        pred = predict_volume(model, vol, size=size, device=device, tta=tta)
+        pred = predict_volume(model, vol, size=size, device=device, tta=tta, spacing=spacing,
+                              roi=roi)
         metrics.update(pred, vol.label, key=vol.key, spacing=vol.spacing)
     return metrics
 
@@ -372,6 +383,8 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps: int
     meta: dict[str, Any]
+    spacing: tuple[float, float] | None = None
+    roi: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "score": -math.inf})
     start: int = 0
@@ -412,15 +425,16 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     device = _device(t.device)
     splits = load_data(cfg)
     ds = splits.dataset
+    spacing = _target_spacing(cfg, splits.train)
     data = build_slices(
         splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
         size=cfg.data.size, seed=cfg.data.annotation_seed,
-        annotation_params=cfg.data.annotation_params, priors=cfg.data.priors,
+        annotation_params=cfg.data.annotation_params, priors=cfg.data.priors, spacing=spacing,
     )
     val_slices = None
     if cfg.data.priors and splits.val:  # for the validation constraint logs
         val_slices = build_slices(splits.val, annotation="full", num_classes=ds.num_classes,
-                                  size=cfg.data.size, priors=cfg.data.priors)
+                                  size=cfg.data.size, priors=cfg.data.priors, spacing=spacing)
     torch.manual_seed(t.seed)  # model initialisation
     model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
     recipe = LossRecipe(cfg.loss, num_classes=ds.num_classes,
@@ -430,10 +444,12 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
     optimizer, scheduler = build_optimizer(cfg, model, steps * t.epochs)
+    roi = cfg.data.crop or cfg.data.size
     meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "class_names": ds.class_names,
-            "in_channels": ds.in_channels, "size": cfg.data.size}
+            "in_channels": ds.in_channels, "size": cfg.data.size,
+            "spacing": list(spacing) if spacing else None, "roi": roi}
     run = Run(cfg, out, device, splits, data, val_slices, model, recipe, optimizer, scheduler,
-              steps, meta)
+              steps, meta, spacing, roi)
     if resume:
         _restore(run, log)
     out.mkdir(parents=True, exist_ok=True)
@@ -442,6 +458,18 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     _log_setup(run, log)
     run.writer = _tensorboard(out)
     return run
+
+
+def _target_spacing(cfg: Config, train: list[Volume]) -> tuple[float, float] | None:
+    """``data.spacing`` resolved: ``median`` is computed from the training volumes."""
+    if cfg.data.spacing is None:
+        return None
+    if cfg.data.spacing == "median":
+        return median_spacing(train)
+    y, x = cast(list[float], cfg.data.spacing)
+    for vol in train:
+        in_plane_spacing(vol)  # every volume must know its spacing
+    return float(y), float(x)
 
 
 def _restore(run: Run, log: Logger) -> None:
@@ -462,6 +490,10 @@ def _restore(run: Run, log: Logger) -> None:
 
 def _log_setup(run: Run, log: Logger) -> None:
     cfg, splits, data = run.cfg, run.splits, run.data
+    if run.spacing is not None:
+        log(f"slices resampled to {run.spacing[0]:.3g} × {run.spacing[1]:.3g} mm on a "
+            f"{cfg.data.size}² canvas ({cfg.data.size * run.spacing[0]:.0f} mm field of view), "
+            f"sliding {run.roi}² windows at inference")
     log(
         f"training {cfg.model.name} on {len(data)} slices from {len(splits.train)} volumes "
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
@@ -482,7 +514,7 @@ def evaluate(run: Run) -> tuple[dict[str, float], float]:
     violations on the validation slices when priors are set) and the selection score."""
     ds = run.splits.dataset
     vm = evaluate_volumes(run.model, run.splits.val, ds.class_names, size=run.cfg.data.size,
-                          device=run.device)
+                          device=run.device, spacing=run.spacing, roi=run.roi)
     scores = vm.compute()
     row = {f"val_{k}": v for k, v in scores.items() if k.startswith(("dice", "hd95"))}
     if run.val_slices is not None:
@@ -525,11 +557,13 @@ def finalize(run: Run, seconds: float) -> TrainResult:
     size, names = run.cfg.data.size, run.splits.dataset.class_names
     for name, vols in (("val", run.splits.val), ("test", run.splits.test)):
         if vols:
-            vm = evaluate_volumes(run.model, vols, names, size=size, device=run.device)
+            vm = evaluate_volumes(run.model, vols, names, size=size, device=run.device,
+                                  spacing=run.spacing, roi=run.roi)
             vm.write_csv(run.out / f"{name}_metrics.csv")
             setattr(result, f"{name}_metrics", vm.compute())
             shown = vols[:4]
-            preds = [predict_volume(run.model, v, size=size, device=run.device) for v in shown]
+            preds = [predict_volume(run.model, v, size=size, device=run.device,
+                                    spacing=run.spacing, roi=run.roi) for v in shown]
             plot_volume_overlays(run.out / f"{name}_overlay.png", shown, {"prediction": preds},
                                  class_names=names)
     summary = {

@@ -25,7 +25,7 @@ import yaml
 
 from weakseg.config import Config, config_from_dict
 from weakseg.data.base import Volume
-from weakseg.engine.inference import predict_volume
+from weakseg.engine.inference import checkpoint_geometry, predict_volume
 from weakseg.engine.trainer import load_data, load_model_from_checkpoint
 from weakseg.errors import WeaksegError
 from weakseg.report.plots import overlay_rgb
@@ -189,7 +189,8 @@ def _overlay_section(runs: Sequence[RunRecord], volumes: int) -> list[dict[str, 
             if not ckpt.is_file():
                 raise WeaksegError(f"{runs[i].path} has no best.pt yet; pass --no-overlays or "
                                    "wait for the first epoch")
-            models.append((runs[i].name, load_model_from_checkpoint(ckpt)[0]))
+            model, meta = load_model_from_checkpoint(ckpt)
+            models.append((runs[i].name, model, checkpoint_geometry(meta)))
         annotation = cfg.data.annotation if cfg.data.annotation in (
             shown[0].annotations or {}) else None
         for vol in shown:
@@ -197,8 +198,8 @@ def _overlay_section(runs: Sequence[RunRecord], volumes: int) -> list[dict[str, 
             if annotation:
                 columns[f"weak labels ({annotation})"] = []
             columns["ground truth"] = []
-            preds = {name: predict_volume(model, vol, size=cfg.data.size)
-                     for name, model in models}
+            preds = {name: predict_volume(model, vol, **geometry)
+                     for name, model, geometry in models}
             for name in preds:
                 columns[name] = []
             image = vol.image if vol.image.ndim == 3 else vol.image[..., :3]
