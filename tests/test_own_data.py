@@ -119,3 +119,27 @@ def test_spacing_aware_training_and_prediction(own_data, tmp_path, capsys):
                  str(own_data / "imagesTr"), "--output", str(pred), "--quiet"]) == 0
     written = nib.load(pred / "patient005_frame01.nii.gz")
     assert written.shape == (32, 32, 4) and np.allclose(written.affine, AFFINE)
+
+
+def test_unet3d_from_the_command_line_with_the_3d_crf(tmp_path, capsys):
+    """configs/phantom_unet3d_scribbles_crf.yaml, shrunk: 3D windows, 3D dense CRF, 3D
+    sliding-window prediction back on the volume grid."""
+    from .conftest import REPO
+
+    out = tmp_path / "run"
+    tiny = ["train.epochs=2", "train.threads=1", "data.params.num_volumes=4",
+            "data.params.size=32", "data.params.slices=6", "data.size=32", "data.patch_depth=4",
+            "data.train=0-1", "data.val=2", "data.test=3", "model.params.base_channels=4",
+            "model.params.depth=2"]
+    argv = ["train", "--config", str(REPO / "configs" / "phantom_unet3d_scribbles_crf.yaml"),
+            "--out", str(out), "--quiet", "--set", *tiny]
+    assert main(argv) == 0
+    header = (out / "log.csv").read_text().splitlines()[0]
+    assert "train_dense_crf" in header and "val_dice_mean" in header
+    import torch
+
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["spatial_dims"] == 3 and ckpt["patch_depth"] == 4
+    assert ckpt["model"]["encoder.0.body.0.weight"].ndim == 5
+    rows = list(csv.DictReader(open(out / "test_metrics.csv")))
+    assert rows[0]["key"] == "phantom_003"

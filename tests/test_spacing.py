@@ -80,3 +80,28 @@ def test_sliding_windows_match_whole_image_for_a_pointwise_net():
     np.testing.assert_allclose(windowed, whole, atol=1e-5)
     coarse = predict_probabilities(net, vol, size=32, spacing=(2.0, 2.0), roi=16)
     assert coarse.shape == (3, 2, 20, 40)  # back on the volume's own grid
+
+
+def test_z_windows_and_3d_samples():
+    from weakseg.data.slices import build_volumes, z_windows
+
+    assert z_windows(4, 3) == [0]
+    assert z_windows(4, 4) == [0]
+    assert z_windows(4, 9) == [0, 2, 4, 5]
+    vol = _vol(shape=(3, 20, 40))
+    data = build_volumes([vol], annotation="weak", num_classes=2, size=16, depth=4)
+    assert data.images.shape == (1, 1, 4, 16, 16) and data.targets.shape == (1, 4, 16, 16)
+    assert (data.targets[0, 3] == IGNORE_INDEX).all() and (data.images[0, 0, 3] == 0).all()
+
+
+def test_3d_sliding_windows_match_whole_volume_for_a_pointwise_net():
+    torch.manual_seed(0)
+    net = nn.Conv3d(1, 3, 1)
+    vol = _vol(shape=(6, 20, 40))
+    got = predict_probabilities(net, vol, size=32, spacing=(1.0, 1.0), roi=16, spatial_dims=3,
+                                patch_depth=4)
+    from weakseg.data.slices import volume_to_input
+
+    with torch.no_grad():
+        whole = net(volume_to_input(vol).movedim(0, 1)[None]).softmax(1)[0].numpy()
+    np.testing.assert_allclose(got, whole, atol=1e-5)

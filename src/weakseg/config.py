@@ -81,6 +81,8 @@ class DataConfig:
     volumes' median in-plane spacing, as nnU-Net) or ``[y, x]`` mm → slices are resampled to
     that spacing keeping their aspect ratio and centred on a ``size × size`` canvas;
     prediction then slides ``crop`` (or ``size``) windows over the resampled slice.
+    ``patch_depth``: 3D models (``unet3d``) train on windows of this many slices (padded
+    when a volume has fewer) and predict by 3D sliding windows of that depth.
     """
 
     name: str = "phantom"
@@ -91,6 +93,7 @@ class DataConfig:
     annotation_seed: int = _field(0, ge=0)
     size: int = _field(128, ge=16, multiple_of=16)
     spacing: str | list[float] | None = _field(None, spacing=True)
+    patch_depth: int = _field(16, ge=1)
     crop: int | None = None
     train: str | None = _field(None, selection=True)
     val: str | None = _field(None, selection=True)

@@ -39,6 +39,7 @@ __all__ = [
     "SliceData",
     "augment_batch",
     "build_slices",
+    "build_volumes",
     "center_canvas",
     "in_plane_spacing",
     "median_spacing",
@@ -50,6 +51,7 @@ __all__ = [
     "spacing_shape",
     "to_spacing",
     "volume_to_input",
+    "z_windows",
 ]
 
 #: Per-sample batch entries beside image and target (first dimension: the samples).
@@ -280,6 +282,66 @@ def build_slices(
     if annotation != "none" and not (data.targets != IGNORE_INDEX).any():
         raise WeaksegError(
             f"annotation '{annotation}' has no labelled pixel in the whole data set "
+            f"({len(volumes)} volumes); check the annotation files or the unlabelled value"
+        )
+    return data
+
+
+def z_windows(depth: int, z: int) -> list[int]:
+    """Start indices of ``depth``-slice windows along ``z`` slices: stride ``depth // 2``,
+    the last window ending on the last slice; ``[0]`` when the volume is shorter."""
+    if z <= depth:
+        return [0]
+    starts = list(range(0, z - depth + 1, max(depth // 2, 1)))
+    return starts if starts[-1] == z - depth else [*starts, z - depth]
+
+
+def _pad_z(t: torch.Tensor, depth: int, fill: float) -> torch.Tensor:
+    """Pad dimension 0 of ``t`` to ``depth`` with ``fill`` (at the end)."""
+    missing = depth - t.shape[0]
+    if missing <= 0:
+        return t
+    return torch.cat([t, t.new_full((missing, *t.shape[1:]), fill)])
+
+
+def build_volumes(
+    volumes: list[Volume],
+    *,
+    annotation: str,
+    num_classes: int,
+    size: int,
+    depth: int,
+    seed: int = 0,
+    annotation_params: dict | None = None,
+    spacing: tuple[float, float] | None = None,
+) -> SliceData:
+    """3D training samples: ``depth``-slice windows of every volume (stride ``depth // 2``),
+    in-plane resized to ``size × size`` (or resampled to ``spacing`` on the canvas, as
+    :func:`build_slices`). Volumes with fewer slices are padded (image 0, unlabelled).
+    ``images`` are ``(N, K, depth, size, size)``, ``targets`` ``(N, depth, size, size)``;
+    ``index`` is the first slice of each window."""
+    if not volumes:
+        raise WeaksegError("no training volumes selected; check data.train and data.root")
+    images, targets, keys, index = [], [], [], []
+    for vol in volumes:
+        target = resolve_annotation(
+            vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
+        )
+        if spacing is not None:
+            x, (y,) = to_spacing(vol, spacing, size, [np.asarray(target)], [IGNORE_INDEX])
+        else:
+            x = resize_image(volume_to_input(vol), (size, size))
+            y = resize_labels(torch.from_numpy(np.asarray(target, dtype=np.int64)), (size, size))
+        for start in z_windows(depth, x.shape[0]):
+            xs = _pad_z(x[start:start + depth], depth, 0.0)  # (D, K, S, S)
+            images.append(xs.movedim(0, 1))
+            targets.append(_pad_z(y[start:start + depth], depth, IGNORE_INDEX))
+            keys.append(vol.key)
+            index.append(start)
+    data = SliceData(torch.stack(images), torch.stack(targets), keys, index)
+    if annotation != "none" and not (data.targets != IGNORE_INDEX).any():
+        raise WeaksegError(
+            f"annotation '{annotation}' has no labelled voxel in the whole data set "
             f"({len(volumes)} volumes); check the annotation files or the unlabelled value"
         )
     return data

@@ -23,8 +23,8 @@ from weakseg.data.slices import in_plane_spacing, resize_image, spacing_shape, v
 
 __all__ = ["FLIPS", "checkpoint_geometry", "predict_probabilities", "predict_volume"]
 
-#: Test-time augmentation: the spatial axes of a ``(B, C, H, W)`` batch flipped in turn.
-FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
+#: Test-time augmentation: the in-plane axes of a ``(B, C, [D,] H, W)`` batch flipped in turn.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
 
 
 def checkpoint_geometry(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +32,8 @@ def checkpoint_geometry(ckpt: dict[str, Any]) -> dict[str, Any]:
     of :func:`predict_probabilities` (older checkpoints: the square geometry)."""
     spacing = ckpt.get("spacing")
     return {"size": int(ckpt["size"]), "spacing": tuple(spacing) if spacing else None,
-            "roi": ckpt.get("roi")}
+            "roi": ckpt.get("roi"), "spatial_dims": int(ckpt.get("spatial_dims", 2)),
+            "patch_depth": ckpt.get("patch_depth")}
 
 
 def _softmax(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -57,11 +58,15 @@ def predict_probabilities(
     tta: bool = False,
     spacing: tuple[float, float] | None = None,
     roi: int | None = None,
+    spatial_dims: int = 2,
+    patch_depth: int | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(C, Z, H, W)`` float32 on ``volume``'s own grid.
 
     ``spacing`` (``(y, x)`` mm) and ``roi`` (the training patch size, default ``size``)
-    select the spacing-aware geometry (see the module docstring)."""
+    select the spacing-aware geometry (see the module docstring). ``spatial_dims=3``: the
+    volume (in-plane resized or resampled alike) is predicted by 3D sliding windows of
+    ``patch_depth × roi × roi``."""
     was_training = model.training
     model.eval()
     x = volume_to_input(volume)
@@ -71,6 +76,16 @@ def predict_probabilities(
     else:
         shape = spacing_shape((h, w), in_plane_spacing(volume, "this checkpoint"), spacing)
     window = roi or size
+    if spatial_dims == 3:
+        vol = resize_image(x, shape).movedim(0, 1)[None].to(device)  # (1, K, Z, H', W')
+        depth = patch_depth or vol.shape[2]
+        probs = cast(torch.Tensor, sliding_window_inference(
+            vol, (depth, window, window), batch_size, lambda t: _softmax(model, t, tta),
+            overlap=0.5, mode="gaussian",
+        ))[0].movedim(1, 0)  # (Z, C, H', W')
+        probs = resize_image(probs, (h, w)) if (h, w) != shape else probs
+        model.train(was_training)
+        return probs.float().cpu().movedim(1, 0).numpy()
     chunks = []
     for start in range(0, x.shape[0], batch_size):
         chunk = resize_image(x[start : start + batch_size], shape).to(device)
@@ -98,8 +113,11 @@ def predict_volume(
     tta: bool = False,
     spacing: tuple[float, float] | None = None,
     roi: int | None = None,
+    spatial_dims: int = 2,
+    patch_depth: int | None = None,
 ) -> np.ndarray:
     """Predict a ``(Z, H, W)`` uint8 class map for ``volume`` (see the module docstring)."""
     probs = predict_probabilities(model, volume, size=size, device=device,
-                                  batch_size=batch_size, tta=tta, spacing=spacing, roi=roi)
+                                  batch_size=batch_size, tta=tta, spacing=spacing, roi=roi,
+                                  spatial_dims=spatial_dims, patch_depth=patch_depth)
     return probs.argmax(axis=0).astype(np.uint8)

@@ -48,6 +48,7 @@ from weakseg.data.slices import (
     SliceData,
     augment_batch,
     build_slices,
+    build_volumes,
     in_plane_spacing,
     median_spacing,
     random_crop,
@@ -60,7 +61,7 @@ from weakseg.engine.checkpoint import (
     save_atomic,
 )
 from weakseg.engine.device import resolve_device
-from weakseg.engine.inference import predict_volume
+from weakseg.engine.inference import checkpoint_geometry, predict_volume
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe
 from weakseg.models import MODELS
@@ -145,6 +146,12 @@ def load_data(cfg: Config) -> DataSplits:
     val = [v for v in val if v.label is not None]
     test = [v for v in test if v.label is not None]
     return DataSplits(dataset, train, val, test, unscored)
+
+
+def model_spatial_dims(cfg: Config) -> int:
+    """2 or 3: what the registered model convolves over (``unet3d`` → 3)."""
+    factory = MODELS.get(cfg.model.name)
+    return int((getattr(factory, "keywords", None) or {}).get("spatial_dims", 2))
 
 
 def build_model(cfg: Config, in_channels: int, num_classes: int) -> nn.Module:
@@ -272,12 +279,12 @@ def evaluate_volumes(
     size: int,
     device: torch.device | str = "cpu",
     tta: bool = False,
-    spacing: tuple[float, float] | None = None,
-    roi: int | None = None,
     progress: bool = False,
+    **geometry: Any,
 ) -> Any:
     """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``.
-    ``spacing``/``roi``: the spacing-aware geometry (:mod:`weakseg.engine.inference`)."""
+    ``geometry``: ``spacing``, ``roi``, ``spatial_dims``, ``patch_depth`` of the checkpoint
+    (:func:`weakseg.engine.inference.checkpoint_geometry`)."""
     from tqdm.auto import tqdm
 
     from weakseg.metrics import VolumeMetrics
@@ -286,8 +293,7 @@ def evaluate_volumes(
     for vol in tqdm(volumes, desc="evaluate", disable=not progress, leave=False):
         if vol.label is None:
             raise WeaksegError(f"{vol.key}: no full label map to score against")
-        pred = predict_volume(model, vol, size=size, device=device, tta=tta, spacing=spacing,
-                              roi=roi)
+        pred = predict_volume(model, vol, size=size, device=device, tta=tta, **geometry)
         metrics.update(pred, vol.label, key=vol.key, spacing=vol.spacing)
     return metrics
 
@@ -383,12 +389,19 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps: int
     meta: dict[str, Any]
-    spacing: tuple[float, float] | None = None
-    roi: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "score": -math.inf})
     start: int = 0
     writer: Any = None
+
+    @property
+    def geometry(self) -> dict[str, Any]:
+        """How this run's network predicts a volume (size, spacing, windows, 2D/3D)."""
+        return checkpoint_geometry(self.meta)
+
+    @property
+    def spacing(self) -> tuple[float, float] | None:
+        return self.geometry["spacing"]
 
     @property
     def last_path(self) -> Path:
@@ -426,11 +439,23 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     splits = load_data(cfg)
     ds = splits.dataset
     spacing = _target_spacing(cfg, splits.train)
-    data = build_slices(
-        splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
-        size=cfg.data.size, seed=cfg.data.annotation_seed,
-        annotation_params=cfg.data.annotation_params, priors=cfg.data.priors, spacing=spacing,
-    )
+    dims = model_spatial_dims(cfg)
+    if dims == 3:
+        if cfg.data.priors:
+            raise WeaksegError(f"data.priors {cfg.data.priors} are per-slice (2D) priors; a 3D "
+                               "model takes fixed bounds (size loss params) or none")
+        data = build_volumes(
+            splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
+            size=cfg.data.size, depth=cfg.data.patch_depth, seed=cfg.data.annotation_seed,
+            annotation_params=cfg.data.annotation_params, spacing=spacing,
+        )
+    else:
+        data = build_slices(
+            splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
+            size=cfg.data.size, seed=cfg.data.annotation_seed,
+            annotation_params=cfg.data.annotation_params, priors=cfg.data.priors,
+            spacing=spacing,
+        )
     val_slices = None
     if cfg.data.priors and splits.val:  # for the validation constraint logs
         val_slices = build_slices(splits.val, annotation="full", num_classes=ds.num_classes,
@@ -444,12 +469,12 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
     optimizer, scheduler = build_optimizer(cfg, model, steps * t.epochs)
-    roi = cfg.data.crop or cfg.data.size
     meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "class_names": ds.class_names,
             "in_channels": ds.in_channels, "size": cfg.data.size,
-            "spacing": list(spacing) if spacing else None, "roi": roi}
+            "spacing": list(spacing) if spacing else None, "roi": cfg.data.crop or cfg.data.size,
+            "spatial_dims": dims, "patch_depth": cfg.data.patch_depth if dims == 3 else None}
     run = Run(cfg, out, device, splits, data, val_slices, model, recipe, optimizer, scheduler,
-              steps, meta, spacing, roi)
+              steps, meta)
     if resume:
         _restore(run, log)
     out.mkdir(parents=True, exist_ok=True)
@@ -493,7 +518,7 @@ def _log_setup(run: Run, log: Logger) -> None:
     if run.spacing is not None:
         log(f"slices resampled to {run.spacing[0]:.3g} × {run.spacing[1]:.3g} mm on a "
             f"{cfg.data.size}² canvas ({cfg.data.size * run.spacing[0]:.0f} mm field of view), "
-            f"sliding {run.roi}² windows at inference")
+            f"sliding {run.geometry['roi']}² windows at inference")
     log(
         f"training {cfg.model.name} on {len(data)} slices from {len(splits.train)} volumes "
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
@@ -513,8 +538,8 @@ def evaluate(run: Run) -> tuple[dict[str, float], float]:
     """Validation metrics of the current weights (Dice/HD95 per class, and the constraint
     violations on the validation slices when priors are set) and the selection score."""
     ds = run.splits.dataset
-    vm = evaluate_volumes(run.model, run.splits.val, ds.class_names, size=run.cfg.data.size,
-                          device=run.device, spacing=run.spacing, roi=run.roi)
+    vm = evaluate_volumes(run.model, run.splits.val, ds.class_names, device=run.device,
+                          **run.geometry)
     scores = vm.compute()
     row = {f"val_{k}": v for k, v in scores.items() if k.startswith(("dice", "hd95"))}
     if run.val_slices is not None:
@@ -554,16 +579,15 @@ def finalize(run: Run, seconds: float) -> TrainResult:
                          seconds, run.history)
     run.model.load_state_dict(load_checkpoint(run.best_path)["model"])
     plot_curves(run.out / "curves.png", {run.out.name: run.out / "log.csv"})
-    size, names = run.cfg.data.size, run.splits.dataset.class_names
+    names = run.splits.dataset.class_names
     for name, vols in (("val", run.splits.val), ("test", run.splits.test)):
         if vols:
-            vm = evaluate_volumes(run.model, vols, names, size=size, device=run.device,
-                                  spacing=run.spacing, roi=run.roi)
+            vm = evaluate_volumes(run.model, vols, names, device=run.device, **run.geometry)
             vm.write_csv(run.out / f"{name}_metrics.csv")
             setattr(result, f"{name}_metrics", vm.compute())
             shown = vols[:4]
-            preds = [predict_volume(run.model, v, size=size, device=run.device,
-                                    spacing=run.spacing, roi=run.roi) for v in shown]
+            preds = [predict_volume(run.model, v, device=run.device, **run.geometry)
+                     for v in shown]
             plot_volume_overlays(run.out / f"{name}_overlay.png", shown, {"prediction": preds},
                                  class_names=names)
     summary = {
