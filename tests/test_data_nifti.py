@@ -464,3 +464,52 @@ def test_splits_final_json_gives_folds(tmp_path: Path) -> None:
     (tmp_path / "splits_final.json").write_text('{"val": []}')
     with pytest.raises(WeaksegError, match="one entry per fold"):
         load_nifti_folder(tmp_path)
+
+
+# ------------------------------------------------------- image / label folder pairs (MS-CMRSeg)
+
+
+def _pairs(root: Path, cases: tuple[str, ...], suffix: str, weak: bool) -> None:
+    for i, case in enumerate(cases):
+        _save(root / "images" / f"{case}.nii.gz", _image(i))
+        lab = _label(i)
+        if weak:
+            lab[:, :, 1:] = 4
+        _save(root / "labels" / f"{case}{suffix}.nii.gz", lab)
+
+
+def test_nifti_pairs_two_folders_weak_and_dense(tmp_path: Path) -> None:
+    from weakseg.data.nifti import load_nifti_pairs
+    from weakseg.data.splits import select_groups
+
+    _pairs(tmp_path / "train", ("s1_DE", "s2_DE"), "_scribble", weak=True)
+    _pairs(tmp_path / "val", ("s3_DE",), "_manual", weak=False)
+    labels = {"background": 0, "RV": 1, "LV": 2, "ignore": 4}
+    vset = load_nifti_pairs(roots=[str(tmp_path / "train"), str(tmp_path / "val")],
+                            labels=labels)
+    vols = {v.key: v for v in vset.volumes}
+    assert vset.class_names == ["background", "RV", "LV"]
+    assert vols["s1_DE"].label is None and (vols["s1_DE"].annotations["weak"] == -100).any()
+    assert vols["s3_DE"].label is not None and vols["s3_DE"].spacing == (8.0, 1.5, 1.5)
+    assert [v.key for v in select_groups(vset.volumes, "split:val")] == ["s3_DE"]
+    with pytest.raises(WeaksegError, match="case names must be unique"):
+        load_nifti_pairs(roots=[str(tmp_path / "train"), str(tmp_path / "train")], labels=labels)
+    with pytest.raises(WeaksegError, match="images does not exist"):
+        load_nifti_pairs(root=str(tmp_path), labels=labels)
+    with pytest.raises(WeaksegError, match="needs data.root or data.params.roots"):
+        load_nifti_pairs(labels=labels)
+
+
+def test_nifti_pairs_reads_the_real_mscmr(tmp_path: Path) -> None:
+    from tests.conftest import shared_data
+
+    root = shared_data("mscmr")
+    from weakseg.data.nifti import load_nifti_pairs
+
+    vset = load_nifti_pairs(roots=[str(root / "train"), str(root / "val")],
+                            labels={"background": 0, "RV": 1, "Myo": 2, "LV": 3, "ignore": 4})
+    train = [v for v in vset.volumes if v.meta["split"] == "train"]
+    val = [v for v in vset.volumes if v.meta["split"] == "val"]
+    assert len(train) == 25 and all(v.label is None and "weak" in v.annotations for v in train)
+    assert len(val) == 5 and all(v.label is not None for v in val)
+    assert all(0.7 < v.spacing[1] < 0.8 and 4.9 < v.spacing[0] < 5.1 for v in vset.volumes)

@@ -51,6 +51,7 @@ from weakseg.safeio import atomic_path
 
 __all__ = [
     "load_nifti_folder",
+    "load_nifti_pairs",
     "nifti_prediction_path",
     "nifti_probabilities_path",
     "read_nifti_image_folder",
@@ -599,6 +600,86 @@ def load_nifti_folder(
         )
 
     return VolumeSet(volumes=volumes, class_names=class_names, in_channels=in_channels.pop())
+
+
+@DATASETS.register(
+    "nifti_pairs",
+    help="NIfTI images and label maps in two folders, labels named <case><suffix> (MS-CMRSeg)",
+)
+def load_nifti_pairs(
+    *,
+    root: str | Path | None = None,
+    roots: list[str] | None = None,
+    labels: dict[str, int] | None = None,
+    image_dir: str = "images",
+    label_dir: str = "labels",
+    label_suffixes: list[str] | None = None,
+    group_pattern: str | None = None,
+) -> VolumeSet:
+    """Read one or several folders that each hold ``image_dir/<case>.nii.gz`` and
+    ``label_dir/<case><suffix>.nii.gz`` (the first suffix of ``label_suffixes`` that exists;
+    a case without one has no label), e.g. MS-CMRSeg's ``train/`` and ``val/``.
+
+    Args:
+        root: one folder; ``roots``: several (their volumes are concatenated, each volume's
+            ``meta["split"]`` is its folder's name, so ``data.train: split:train`` selects).
+        labels: class name → value, background 0 first (``{"background": 0, "RV": 1}``);
+            a name ``ignore`` gives the unlabelled value of weak maps. Default: the
+            ``dataset.json`` ``labels`` of the first folder.
+        label_suffixes: file-name suffixes of the label maps (default ``["", "_scribble",
+            "_manual"]``). A map holding the unlabelled value is a weak annotation
+            (``"weak"``); one without it is a dense label (and its own weak annotation).
+        group_pattern: as for :func:`load_nifti_folder`.
+    """
+    folders = [Path(r).expanduser() for r in ([root] if root is not None else []) + (roots or [])]
+    if not folders:
+        raise WeaksegError("nifti_pairs needs data.root or data.params.roots (folders with "
+                           f"{image_dir}/ and {label_dir}/)")
+    for folder in folders:
+        if not (folder / image_dir).is_dir():
+            raise WeaksegError(f"{folder / image_dir} does not exist; each folder needs "
+                               f"{image_dir}/ and {label_dir}/ (set image_dir / label_dir)")
+    spec = {"labels": labels} if labels is not None else _read_dataset_json(folders[0])
+    class_names, unlabelled = _parse_labels(spec, folders[0] / "dataset.json", None)
+    suffixes = label_suffixes if label_suffixes is not None else ["", "_scribble", "_manual"]
+    grouping = _compile_group_pattern(group_pattern)
+    volumes: list[Volume] = []
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        for path in _nifti_files(folder / image_dir):
+            case = _strip_ext(path.name)
+            if case in seen:
+                raise WeaksegError(f"case '{case}' is in {seen[case]} and {folder}; case names "
+                                   "must be unique across data.params.roots")
+            seen[case] = folder
+            image, affine, header, first = _read_case_image(case, {0: path}, False, None)
+            shape = (int(image.shape[0]), int(image.shape[1]), int(image.shape[2]))
+            label, weak = None, {}
+            label_path = next((folder / label_dir / f"{case}{sfx}{_ext(path)}" for sfx in suffixes
+                               if (folder / label_dir / f"{case}{sfx}{_ext(path)}").is_file()),
+                              None)
+            if label_path is not None:
+                raw = _read_label_map(label_path, shape, affine, first)
+                if unlabelled is not None and bool((raw == unlabelled).any()):
+                    weak[WEAK_KEY] = _to_weak(raw, unlabelled, shape, len(class_names),
+                                              str(label_path))
+                else:
+                    label = check_labels(raw, shape, len(class_names), str(label_path))
+                    weak[WEAK_KEY] = label.copy()
+            volumes.append(Volume(
+                key=case, group=_group_of(case, grouping, group_pattern), image=image,
+                label=label, annotations=weak, spacing=_zyx_spacing(header),
+                meta={"format": "nifti", "path": str(first), "channel_paths": [str(first)],
+                      "affine": affine, "header": header, "case": case,
+                      "split": folder.name},
+            ))
+    if not volumes:
+        raise WeaksegError(f"no NIfTI images in {', '.join(str(f / image_dir) for f in folders)}")
+    channels = {v.channels for v in volumes}
+    if len(channels) != 1:
+        raise WeaksegError(f"images have different channel counts {sorted(channels)}; every "
+                           "case needs the same channels")
+    return VolumeSet(volumes=volumes, class_names=class_names, in_channels=channels.pop())
 
 
 # ----------------------------------------------------------------------- prediction
