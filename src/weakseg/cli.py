@@ -56,6 +56,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from weakseg.config import load_config
+    from weakseg.engine.distributed import from_env
     from weakseg.engine.trainer import train
 
     overrides = list(args.set) + ([f"data.fold={args.fold}"] if args.fold is not None else [])
@@ -64,6 +65,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         Path(args.config).stem if args.config else "default"
     )
     result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    if not from_env().main:  # torchrun: rank 0 reports
+        return 0
     if math.isnan(result.best_score):
         print(f"no validation split (data.val unset): kept the last epoch, {result.best_epoch}; "
               f"checkpoints, logs and metrics in {out}")

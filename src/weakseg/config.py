@@ -119,6 +119,7 @@ class TrainConfig:
     val_every: int = _field(1, ge=1)
     threads: int | None = _field(None, ge=1)
     device: str = "auto"  # checked when training starts (a checkpoint may move machines)
+    amp: bool = True  # mixed precision (float16 autocast + gradient scaling) on CUDA only
     max_steps_per_epoch: int | None = _field(None, ge=1)
     steps_per_epoch: int | None = _field(None, ge=1)
 

@@ -54,6 +54,7 @@ from weakseg.data.slices import (
     random_crop,
 )
 from weakseg.data.splits import fold_split, select_groups
+from weakseg.engine import distributed
 from weakseg.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     LEGACY_TEMPS,
@@ -61,6 +62,7 @@ from weakseg.engine.checkpoint import (
     save_atomic,
 )
 from weakseg.engine.device import resolve_device
+from weakseg.engine.distributed import Dist, forward_global, loss_scale
 from weakseg.engine.inference import checkpoint_geometry, predict_volume
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe
@@ -207,8 +209,15 @@ def train_one_epoch(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "",
+    dist: Dist = Dist(),  # noqa: B008  (an immutable value)
+    amp: bool = False,
 ) -> dict[str, float]:
     """One pass over ``data`` (shuffled, drop-last); returns the mean of each loss part.
+
+    With ``dist`` (several processes, :mod:`weakseg.engine.distributed`) every process draws
+    the same global batches and augmentations, runs ``model`` (DDP-wrapped) on its share and
+    evaluates the loss on the gathered global batch. ``amp``: float16 autocast with gradient
+    scaling, on CUDA only (the CPU path stays in float32 and deterministic).
 
     ``steps`` fixes the number of batches instead (drawn from as many fresh permutations
     as needed, for small sets of large images); ``max_steps`` caps it. ``crop`` takes a
@@ -237,6 +246,8 @@ def train_one_epoch(
     model.train()
     device = torch.device(device)
     devices = [device.index or 0] if device.type == "cuda" else []
+    amp = amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # dropout
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
@@ -252,16 +263,18 @@ def train_one_epoch(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             batch = {k: v.to(device, non_blocking=True) for k, v in extras.items()}
             batch.update(image=x, target=y)
-            logits = model(x)
-            total, parts = recipe(logits, batch)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = forward_global(model, x, dist)
+            total, parts = recipe(logits.float(), batch)
             if not torch.isfinite(total):
                 raise WeaksegError(
                     f"the loss became {float(total)} at step {step} ({desc}); lower train.lr "
                     "or the loss weights"
                 )
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            scaler.scale(total * loss_scale(dist)).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             parts = {"total": total.detach(), **parts, **recipe.last_stats}
             for k, v in parts.items():
@@ -393,6 +406,8 @@ class Run:
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "score": -math.inf})
     start: int = 0
     writer: Any = None
+    dist: Dist = field(default_factory=Dist)
+    net: nn.Module | None = None  # what trains: ``model``, or ``model`` inside DDP
 
     @property
     def geometry(self) -> dict[str, Any]:
@@ -435,7 +450,9 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = _device(t.device)
+    dist = distributed.from_env()
+    device = distributed.init(dist, _device(t.device))
+    log = log if dist.main else _silent
     splits = load_data(cfg)
     ds = splits.dataset
     spacing = _target_spacing(cfg, splits.train)
@@ -474,15 +491,23 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
             "spacing": list(spacing) if spacing else None, "roi": cfg.data.crop or cfg.data.size,
             "spatial_dims": dims, "patch_depth": cfg.data.patch_depth if dims == 3 else None}
     run = Run(cfg, out, device, splits, data, val_slices, model, recipe, optimizer, scheduler,
-              steps, meta)
+              steps, meta, dist=dist)
     if resume:
         _restore(run, log)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out, LEGACY_TEMPS)  # left by a killed run
-    write_text_atomic(out / "config.yaml", dump_config(cfg))
+    run.net = distributed.wrap(model, dist, device)
+    if dist.active:
+        run.model = run.net.module  # type: ignore[assignment]  # the trained modules (batch norm synchronised on CUDA)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out, LEGACY_TEMPS)  # left by a killed run
+        write_text_atomic(out / "config.yaml", dump_config(cfg))
+        run.writer = _tensorboard(out)
     _log_setup(run, log)
-    run.writer = _tensorboard(out)
     return run
+
+
+def _silent(line: str) -> None:
+    """The log of processes other than rank 0."""
 
 
 def _target_spacing(cfg: Config, train: list[Volume]) -> tuple[float, float] | None:
@@ -619,15 +644,17 @@ def train(
         stop_after_epoch: stop (as if killed) after this many epochs; for tests.
     """
     run = setup(cfg, out_dir, resume=resume, log=log)
+    main = run.dist.main
     t = cfg.train
     t0 = time.perf_counter()
     for epoch in range(run.start, t.epochs):
         tic = time.perf_counter()
         parts = train_one_epoch(
-            run.model, run.recipe, run.data, run.optimizer, run.scheduler,
+            run.net or run.model, run.recipe, run.data, run.optimizer, run.scheduler,
             batch_size=t.batch_size, seed=_epoch_seed(t.seed, epoch), augment=t.augment,
             max_steps=t.max_steps_per_epoch, steps=t.steps_per_epoch, crop=cfg.data.crop,
-            device=run.device, progress=progress, desc=f"epoch {epoch + 1}/{t.epochs}",
+            device=run.device, progress=progress and main,
+            desc=f"epoch {epoch + 1}/{t.epochs}", dist=run.dist, amp=t.amp,
         )
         run.recipe.epoch_step()  # log-barrier t; saved with the recipe state
         train_s = time.perf_counter() - tic
@@ -639,18 +666,28 @@ def train(
         }
         row.update({f"train_{k}": v for k, v in parts.items()})
         score = -math.inf
-        if run.splits.val and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
+        if main and run.splits.val and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
             metrics, score = evaluate(run)
             row.update(metrics)
         row["epoch_seconds"] = round(time.perf_counter() - tic, 3)
-        save_epoch(run, row, score)
-        val_txt = f" val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
-        log(f"epoch {epoch + 1}/{t.epochs}: loss {parts['total']:.4f}{val_txt} "
-            f"({train_s:.1f}s, {row['images_per_s']:.1f} img/s)")
+        if main:
+            save_epoch(run, row, score)
+            val_txt = f" val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
+            log(f"epoch {epoch + 1}/{t.epochs}: loss {parts['total']:.4f}{val_txt} "
+                f"({train_s:.1f}s, {row['images_per_s']:.1f} img/s)")
+        else:
+            run.history.append(row)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            distributed.finish(run.dist)
             return TrainResult(run.out, int(run.best["epoch"]), _score(run.best, run.splits.val),
                                time.perf_counter() - t0, run.history)
-    return finalize(run, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    distributed.barrier(run.dist)  # rank 0 has written the last checkpoint
+    result = finalize(run, seconds) if main else TrainResult(
+        run.out, int(run.best["epoch"]), math.nan, seconds, run.history)
+    distributed.finish(run.dist)
+    return result
+
 
 
 def _score(best: dict[str, Any], val: list[Volume]) -> float:
