@@ -81,6 +81,8 @@ class DataConfig:
     volumes' median in-plane spacing, as nnU-Net) or ``[y, x]`` mm → slices are resampled to
     that spacing keeping their aspect ratio and centred on a ``size × size`` canvas;
     prediction then slides ``crop`` (or ``size``) windows over the resampled slice.
+    ``normalization``: ``auto`` (``ct`` for a CT data set, else ``minmax``), ``minmax``,
+    ``zscore`` or ``ct`` (:mod:`weakseg.data.intensity`).
     ``patch_depth``: 3D models (``unet3d``) train on windows of this many slices (padded
     when a volume has fewer) and predict by 3D sliding windows of that depth.
     """
@@ -94,6 +96,7 @@ class DataConfig:
     size: int = _field(128, ge=16, multiple_of=16)
     spacing: str | list[float] | None = _field(None, spacing=True)
     patch_depth: int = _field(16, ge=1)
+    normalization: str = _field("auto", choices=("auto", "minmax", "zscore", "ct"))
     crop: int | None = None
     train: str | None = _field(None, selection=True)
     val: str | None = _field(None, selection=True)

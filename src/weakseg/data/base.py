@@ -128,6 +128,7 @@ class VolumeSet:
     volumes: list[Volume]
     class_names: list[str]
     in_channels: int = 1
+    channel_names: list[str] | None = None  # e.g. ["CT"] (chooses the normalisation)
 
     @property
     def num_classes(self) -> int:

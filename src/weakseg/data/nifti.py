@@ -346,6 +346,18 @@ def _parse_labels(
     return [name for _, name in classes], unlabelled_value
 
 
+def _channel_names(spec: dict[str, Any]) -> list[str] | None:
+    """The modality of each channel (``channel_names`` / ``modality``), if declared."""
+    for key in ("channel_names", "modality"):
+        value = spec.get(key)
+        if isinstance(value, dict):
+            return [str(value[k]) for k in sorted(value, key=lambda k: int(str(k)))
+                    if str(k).isdigit()]
+        if isinstance(value, list):
+            return [str(v) for v in value]
+    return None
+
+
 def _parse_channels(spec: dict[str, Any], path: Path) -> int | None:
     for key in ("channel_names", "modality"):
         value = spec.get(key)
@@ -599,7 +611,8 @@ def load_nifti_folder(
             f"unlabelled value ({unlabelled}) and the annotation files"
         )
 
-    return VolumeSet(volumes=volumes, class_names=class_names, in_channels=in_channels.pop())
+    return VolumeSet(volumes=volumes, class_names=class_names, in_channels=in_channels.pop(),
+                     channel_names=_channel_names(spec))
 
 
 @DATASETS.register(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from weakseg.annotate import ANNOTATORS
 from weakseg.data.base import IGNORE_INDEX, Volume
+from weakseg.data.intensity import Normalization
 from weakseg.data.priors import (
     PRIOR_REGISTRY,
     SPATIAL_EXTRAS,
@@ -67,9 +68,11 @@ def normalize_intensity(image: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)  # (Z, H, W, K)
 
 
-def volume_to_input(volume: Volume) -> torch.Tensor:
-    """Normalised image of a volume as a ``(Z, K, H, W)`` float tensor (original size)."""
-    return torch.from_numpy(normalize_intensity(volume.image)).permute(0, 3, 1, 2).contiguous()
+def volume_to_input(volume: Volume, norm: Normalization | None = None) -> torch.Tensor:
+    """Normalised image of a volume as a ``(Z, K, H, W)`` float tensor (original size);
+    ``norm`` (:mod:`weakseg.data.intensity`) defaults to per-volume percentile min-max."""
+    image = normalize_intensity(volume.image) if norm is None else norm.apply(volume.image)
+    return torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
 
 
 def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -125,13 +128,13 @@ def center_canvas(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
 
 def to_spacing(
     volume: Volume, target: tuple[float, float], size: int, maps: Sequence[np.ndarray] = (),
-    fills: Sequence[int] = (),
+    fills: Sequence[int] = (), norm: Normalization | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The normalised image ``(Z, K, size, size)`` of ``volume`` resampled to ``target`` mm
     and centred on the canvas, and each integer map of ``maps`` alike (nearest), padded with
     its ``fills`` value."""
     shape = spacing_shape(volume.shape[1:], in_plane_spacing(volume), target)
-    x = center_canvas(resize_image(volume_to_input(volume), shape), size, 0.0)
+    x = center_canvas(resize_image(volume_to_input(volume, norm), shape), size, 0.0)
     out = []
     for m, fill in zip(maps, fills, strict=True):
         y = resize_labels(torch.from_numpy(np.asarray(m, dtype=np.int64)), shape)
@@ -224,6 +227,7 @@ def build_slices(
     annotation_params: dict | None = None,
     priors: Sequence[str] = (),
     spacing: tuple[float, float] | None = None,
+    norm: Normalization | None = None,
 ) -> SliceData:
     """Slice, normalise and resize ``volumes`` into a :class:`SliceData`.
 
@@ -252,11 +256,12 @@ def build_slices(
         )
         if spacing is not None:
             maps = [np.asarray(target)] + ([np.asarray(vol.label)] if priors else [])
-            x, (y, *lab) = to_spacing(vol, spacing, size, maps, [IGNORE_INDEX, 0][:len(maps)])
+            x, (y, *lab) = to_spacing(vol, spacing, size, maps, [IGNORE_INDEX, 0][:len(maps)],
+                                      norm)
             if priors:
                 full.append(lab[0].numpy())
         else:
-            x = resize_image(volume_to_input(vol), (size, size))
+            x = resize_image(volume_to_input(vol, norm), (size, size))
             y = resize_labels(torch.from_numpy(np.asarray(target, dtype=np.int64)), (size, size))
             if priors:
                 label = torch.from_numpy(np.asarray(vol.label, dtype=np.int64))
@@ -314,6 +319,7 @@ def build_volumes(
     seed: int = 0,
     annotation_params: dict | None = None,
     spacing: tuple[float, float] | None = None,
+    norm: Normalization | None = None,
 ) -> SliceData:
     """3D training samples: ``depth``-slice windows of every volume (stride ``depth // 2``),
     in-plane resized to ``size × size`` (or resampled to ``spacing`` on the canvas, as
@@ -328,9 +334,10 @@ def build_volumes(
             vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
         )
         if spacing is not None:
-            x, (y,) = to_spacing(vol, spacing, size, [np.asarray(target)], [IGNORE_INDEX])
+            x, (y,) = to_spacing(vol, spacing, size, [np.asarray(target)], [IGNORE_INDEX],
+                                 norm)
         else:
-            x = resize_image(volume_to_input(vol), (size, size))
+            x = resize_image(volume_to_input(vol, norm), (size, size))
             y = resize_labels(torch.from_numpy(np.asarray(target, dtype=np.int64)), (size, size))
         for start in z_windows(depth, x.shape[0]):
             xs = _pad_z(x[start:start + depth], depth, 0.0)  # (D, K, S, S)

@@ -19,6 +19,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from weakseg.data.base import Volume
+from weakseg.data.intensity import Normalization
 from weakseg.data.slices import in_plane_spacing, resize_image, spacing_shape, volume_to_input
 
 __all__ = ["FLIPS", "checkpoint_geometry", "predict_probabilities", "predict_volume"]
@@ -33,7 +34,7 @@ def checkpoint_geometry(ckpt: dict[str, Any]) -> dict[str, Any]:
     spacing = ckpt.get("spacing")
     return {"size": int(ckpt["size"]), "spacing": tuple(spacing) if spacing else None,
             "roi": ckpt.get("roi"), "spatial_dims": int(ckpt.get("spatial_dims", 2)),
-            "patch_depth": ckpt.get("patch_depth")}
+            "patch_depth": ckpt.get("patch_depth"), "normalization": ckpt.get("normalization")}
 
 
 def _softmax(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -60,6 +61,7 @@ def predict_probabilities(
     roi: int | None = None,
     spatial_dims: int = 2,
     patch_depth: int | None = None,
+    normalization: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(C, Z, H, W)`` float32 on ``volume``'s own grid.
 
@@ -69,7 +71,7 @@ def predict_probabilities(
     ``patch_depth × roi × roi``."""
     was_training = model.training
     model.eval()
-    x = volume_to_input(volume)
+    x = volume_to_input(volume, Normalization.from_dict(normalization))
     h, w = x.shape[-2:]
     if spacing is None:
         shape = (size, size)
@@ -115,9 +117,11 @@ def predict_volume(
     roi: int | None = None,
     spatial_dims: int = 2,
     patch_depth: int | None = None,
+    normalization: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Predict a ``(Z, H, W)`` uint8 class map for ``volume`` (see the module docstring)."""
     probs = predict_probabilities(model, volume, size=size, device=device,
                                   batch_size=batch_size, tta=tta, spacing=spacing, roi=roi,
-                                  spatial_dims=spatial_dims, patch_depth=patch_depth)
+                                  spatial_dims=spatial_dims, patch_depth=patch_depth,
+                                  normalization=normalization)
     return probs.argmax(axis=0).astype(np.uint8)

@@ -43,6 +43,7 @@ from torch import nn
 from weakseg.config import Config, config_from_dict, dump_config
 from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
+from weakseg.data.intensity import fit_normalization
 from weakseg.data.priors import ORACLE_PRIORS, describe_priors
 from weakseg.data.slices import (
     SliceData,
@@ -456,6 +457,8 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     splits = load_data(cfg)
     ds = splits.dataset
     spacing = _target_spacing(cfg, splits.train)
+    norm = fit_normalization(cfg.data.normalization, splits.train, ds.channel_names,
+                             seed=cfg.train.seed)
     dims = model_spatial_dims(cfg)
     if dims == 3:
         if cfg.data.priors:
@@ -464,19 +467,20 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
         data = build_volumes(
             splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
             size=cfg.data.size, depth=cfg.data.patch_depth, seed=cfg.data.annotation_seed,
-            annotation_params=cfg.data.annotation_params, spacing=spacing,
+            annotation_params=cfg.data.annotation_params, spacing=spacing, norm=norm,
         )
     else:
         data = build_slices(
             splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
             size=cfg.data.size, seed=cfg.data.annotation_seed,
             annotation_params=cfg.data.annotation_params, priors=cfg.data.priors,
-            spacing=spacing,
+            spacing=spacing, norm=norm,
         )
     val_slices = None
     if cfg.data.priors and splits.val:  # for the validation constraint logs
         val_slices = build_slices(splits.val, annotation="full", num_classes=ds.num_classes,
-                                  size=cfg.data.size, priors=cfg.data.priors, spacing=spacing)
+                                  size=cfg.data.size, priors=cfg.data.priors, spacing=spacing,
+                                  norm=norm)
     torch.manual_seed(t.seed)  # model initialisation
     model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
     recipe = LossRecipe(cfg.loss, num_classes=ds.num_classes,
@@ -489,7 +493,8 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "class_names": ds.class_names,
             "in_channels": ds.in_channels, "size": cfg.data.size,
             "spacing": list(spacing) if spacing else None, "roi": cfg.data.crop or cfg.data.size,
-            "spatial_dims": dims, "patch_depth": cfg.data.patch_depth if dims == 3 else None}
+            "spatial_dims": dims, "patch_depth": cfg.data.patch_depth if dims == 3 else None,
+            "normalization": norm.to_dict()}
     run = Run(cfg, out, device, splits, data, val_slices, model, recipe, optimizer, scheduler,
               steps, meta, dist=dist)
     if resume:
@@ -540,6 +545,11 @@ def _restore(run: Run, log: Logger) -> None:
 
 def _log_setup(run: Run, log: Logger) -> None:
     cfg, splits, data = run.cfg, run.splits, run.data
+    norm = run.meta["normalization"]
+    if norm["kind"] != "minmax":
+        stats = (f" (window {norm['lo']}..{norm['hi']}, mean {norm['mean']}, std {norm['std']})"
+                 if norm["kind"] == "ct" else "")
+        log(f"intensity normalisation: {norm['kind']}{stats}")
     if run.spacing is not None:
         log(f"slices resampled to {run.spacing[0]:.3g} × {run.spacing[1]:.3g} mm on a "
             f"{cfg.data.size}² canvas ({cfg.data.size * run.spacing[0]:.0f} mm field of view), "
