@@ -782,29 +782,37 @@ def write_nifti_prediction(volume: Volume, prediction: np.ndarray, out_dir: str 
         )
     data = np.ascontiguousarray(np.transpose(pred.astype(np.uint8), (2, 1, 0)))
 
-    meta = volume.meta
-    affine = meta.get("affine")
-    header = meta.get("header")
-    if affine is None:
-        sz, sy, sx = volume.spacing or (1.0, 1.0, 1.0)
-        affine = np.diag([sx, sy, sz, 1.0])
+    header = volume.meta.get("header")
     if header is not None and isinstance(header, nib.Nifti1Header):
         header = header.copy()
     else:
         header = nib.Nifti1Header()
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), header)
+    img = nib.Nifti1Image(data, _affine_of(volume), header)
     img.header.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"] = 0
     img.header["cal_max"] = 0
     img.header["intent_code"] = 0
 
-    path = nifti_prediction_path(volume, out_dir)
+    return _save(img, nifti_prediction_path(volume, out_dir), "prediction")
+
+
+def _affine_of(volume: Volume) -> np.ndarray:
+    """The source affine, or one built from the volume's spacing (other formats)."""
+    affine = volume.meta.get("affine")
+    if affine is None:
+        sz, sy, sx = volume.spacing or (1.0, 1.0, 1.0)
+        affine = np.diag([sx, sy, sz, 1.0])
+    return np.asarray(affine, dtype=np.float64)
+
+
+def _save(img: Any, path: Path, what: str) -> Path:
+    """``nib.save`` through a temporary name (never a torn file), one-line errors."""
     try:
         with atomic_path(path) as tmp:
             nib.save(img, str(tmp))
     except OSError as exc:
-        raise WeaksegError(f"cannot write prediction to {path}: {exc.strerror or exc}") from exc
+        raise WeaksegError(f"cannot write {what} to {path}: {exc.strerror or exc}") from exc
     return path
 
 
@@ -822,20 +830,10 @@ def write_nifti_probabilities(
     if probs.ndim != 4 or tuple(probs.shape[1:]) != volume.shape:
         raise WeaksegError(f"probabilities for '{volume.key}' have shape {probs.shape}; "
                            f"expected (C, {', '.join(map(str, volume.shape))})")
-    affine = volume.meta.get("affine")
-    if affine is None:
-        sz, sy, sx = volume.spacing or (1.0, 1.0, 1.0)
-        affine = np.diag([sx, sy, sz, 1.0])
     data = np.ascontiguousarray(np.transpose(probs, (3, 2, 1, 0)))
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img = nib.Nifti1Image(data, _affine_of(volume))
     img.header.set_data_dtype(np.float32)
-    path = nifti_probabilities_path(volume, out_dir)
-    try:
-        with atomic_path(path) as tmp:
-            nib.save(img, str(tmp))
-    except OSError as exc:
-        raise WeaksegError(f"cannot write probabilities to {path}: {exc.strerror or exc}") from exc
-    return path
+    return _save(img, nifti_probabilities_path(volume, out_dir), "probabilities")
 
 
 def nifti_prediction_path(volume: Volume, out_dir: str | Path) -> Path:

@@ -105,23 +105,8 @@ def predict_probabilities(
 
 
 @torch.no_grad()
-def predict_volume(
-    model: nn.Module,
-    volume: Volume,
-    *,
-    size: int,
-    device: torch.device | str = "cpu",
-    batch_size: int = 16,
-    tta: bool = False,
-    spacing: tuple[float, float] | None = None,
-    roi: int | None = None,
-    spatial_dims: int = 2,
-    patch_depth: int | None = None,
-    normalization: dict[str, Any] | None = None,
-) -> np.ndarray:
-    """Predict a ``(Z, H, W)`` uint8 class map for ``volume`` (see the module docstring)."""
-    probs = predict_probabilities(model, volume, size=size, device=device,
-                                  batch_size=batch_size, tta=tta, spacing=spacing, roi=roi,
-                                  spatial_dims=spatial_dims, patch_depth=patch_depth,
-                                  normalization=normalization)
-    return probs.argmax(axis=0).astype(np.uint8)
+def predict_volume(model: nn.Module, volume: Volume, **options: Any) -> np.ndarray:
+    """Predict a ``(Z, H, W)`` uint8 class map for ``volume``: the arg-max of
+    :func:`predict_probabilities` with the same ``options`` (``size``, ``device``, ``tta``,
+    the geometry of :func:`checkpoint_geometry`, ...)."""
+    return predict_probabilities(model, volume, **options).argmax(axis=0).astype(np.uint8)
