@@ -2,7 +2,8 @@
 # weakseg quick start: sets up a local virtual environment, then runs a job.
 #
 #   bash scripts/run.sh demo        set up, then `weakseg demo` on the embedded phantom
-#   bash scripts/run.sh test        set up (with dev tools), then lint + the whole test suite
+#   bash scripts/run.sh test        set up (with dev tools), then lint, type check (mypy) and
+#                                   the whole test suite
 #   bash scripts/run.sh <args...>   set up, then `weakseg <args...>`
 #
 # PyTorch: if the Python used here (PYTHON, default python3.11 or python3) already has
@@ -44,6 +45,7 @@ case "$job" in
   test)
     shift || true
     "$VENV/bin/ruff" check src tests benchmarks
+    "$VENV/bin/mypy"
     exec "$PY" -m pytest "$@"
     ;;
   demo)

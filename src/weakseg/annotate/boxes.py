@@ -53,7 +53,7 @@ __all__ = [
 def _first_last(any_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For a bool ``(..., N)`` array: first true index, last true index + 1, any true."""
     n = any_.shape[-1]
-    present = any_.any(axis=-1)
+    present = np.asarray(any_.any(axis=-1))
     first = np.argmax(any_, axis=-1)
     last = n - np.argmax(any_[..., ::-1], axis=-1)
     return first, last, present
@@ -258,7 +258,7 @@ def tags_from_mask(label: np.ndarray, *, num_classes: int, per: str = "slice") -
     labels, squeeze = check_label_map(label, num_classes, where)
     tags = _slice_sizes(labels, num_classes) > 0
     if per == "volume":
-        return tags.any(axis=0)
+        return np.asarray(tags.any(axis=0))
     return tags[0] if squeeze else tags
 
 
