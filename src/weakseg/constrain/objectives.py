@@ -232,12 +232,16 @@ class ProposalObjective(Objective):
         if again is None:
             raise ValueError("the proposal objective needs again=... to re-evaluate the "
                              "constraints")
+        return -(self.target(logits, again) * logits.log_softmax(1)).sum(1).mean()
+
+    def target(self, logits: torch.Tensor, again: Again) -> torch.Tensor:
+        """The proposal ``P`` ``(B, C, *spatial)`` (detached) for the constraints that
+        ``again`` evaluates."""
 
         def flat_g(z: torch.Tensor) -> torch.Tensor:
             return torch.cat([c.g.flatten(1) for c in again(z).values()], dim=1)
 
-        proposal = pathak_proposal(logits, flat_g, iterations=self.iterations, lr=self.lr)
-        return -(proposal.probs * logits.log_softmax(1)).sum(1).mean()
+        return pathak_proposal(logits, flat_g, iterations=self.iterations, lr=self.lr).probs
 
     def extra_repr(self) -> str:
         return f"iterations={self.iterations}, lr={self.lr:g}"

@@ -3,7 +3,9 @@
 Registered modules declare the batch entries they consume in ``inputs``
 (``"target"`` = the training annotation, ``"image"`` = the input image; the constraint loss
 ``constraint`` — and its aliases ``size``, ``tags``, ``box`` — reads the entries of its family,
-``"bounds"``, ``"tags"``, ``"boxes"``, which the trainer fills from ``data.priors``), so a
+``"bounds"``, ``"tags"``, ``"boxes"``, which the trainer fills from ``data.priors``; the
+proposal loss ``proposal`` reads its proposal's entries, see
+:mod:`weakseg.losses.proposals`), so a
 :class:`~weakseg.losses.recipe.LossRecipe` can combine any of them.
 """
 
@@ -37,6 +39,7 @@ from weakseg.losses.entropy import (
     mutual_information_loss,
 )
 from weakseg.losses.partial import PartialCrossEntropyLoss, partial_cross_entropy
+from weakseg.losses.proposal import ProposalLoss, proposal_cross_entropy
 from weakseg.losses.supervised import CEDiceLoss, ce_dice_loss, soft_dice_loss
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "MutualInformationLoss",
     "NormalizedCutLoss",
     "PartialCrossEntropyLoss",
+    "ProposalLoss",
     "SizeConstraintLoss",
     "TagConstraintLoss",
     "ce_dice_loss",
@@ -63,5 +67,6 @@ __all__ = [
     "mutual_information_loss",
     "normalized_cut_loss",
     "partial_cross_entropy",
+    "proposal_cross_entropy",
     "soft_dice_loss",
 ]

@@ -42,7 +42,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,7 +65,7 @@ from weakseg.constrain.families import (
     tag_constraints,
     violation_stats,
 )
-from weakseg.constrain.objectives import OBJECTIVES, UNITS, Objective
+from weakseg.constrain.objectives import OBJECTIVES, UNITS, Objective, ProposalObjective
 from weakseg.errors import WeaksegError
 from weakseg.losses._utils import check_reduction
 from weakseg.losses.base import LOSSES
@@ -348,9 +348,13 @@ class ConstraintLoss(nn.Module):
                        *self.objective.inputs)
         self.last_stats: dict[str, torch.Tensor] = {}
 
-    def forward(self, logits: torch.Tensor, *values: torch.Tensor,
-                **entries: torch.Tensor) -> torch.Tensor:
-        """``values`` (in the order of :attr:`inputs`) or ``entries`` by batch key."""
+    def _evaluate(
+        self, logits: torch.Tensor, values: tuple[torch.Tensor, ...],
+        entries: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, Constraint], dict[str, Constraint], dict[str, torch.Tensor],
+               Callable[[torch.Tensor], dict[str, Constraint]], torch.Tensor | None]:
+        """``(optimised constraints, reported-only constraints, surrogate losses, again,
+        index)`` for ``values`` (in the order of :attr:`inputs`) or ``entries`` by key."""
         if len(values) > len(self.inputs):
             raise ValueError(f"constraint '{self.label}' takes {len(self.inputs)} inputs "
                              f"{self.inputs}, got {len(values)}")
@@ -376,7 +380,6 @@ class ConstraintLoss(nn.Module):
         if family.surrogate is not None:
             extra = family.surrogate(logits, **inputs, **self.surrogate_params)
         reported = {name: constraints.pop(name) for name in extra}
-        tol = family.tolerance(logits)
 
         quiet = {**self.params, "check": False} if "check" in family.parameters() \
             else self.params
@@ -385,6 +388,13 @@ class ConstraintLoss(nn.Module):
             out = family.evaluate(z, inputs, quiet)
             return {name: c for name, c in out.items() if name not in extra}
 
+        return constraints, reported, extra, again, index
+
+    def forward(self, logits: torch.Tensor, *values: torch.Tensor,
+                **entries: torch.Tensor) -> torch.Tensor:
+        """``values`` (in the order of :attr:`inputs`) or ``entries`` by batch key."""
+        constraints, reported, extra, again, index = self._evaluate(logits, values, entries)
+        tol = self.family.tolerance(logits)
         loss = self.objective(constraints, logits=logits, again=again, index=index)
         self.last_stats = violation_stats(constraints, tol)
         for name, constraint in reported.items():  # replaced by the surrogate: logs only
@@ -393,6 +403,16 @@ class ConstraintLoss(nn.Module):
         for value in extra.values():
             loss = loss + value
         return loss
+
+    def proposal_target(self, logits: torch.Tensor, *values: torch.Tensor,
+                        **entries: torch.Tensor) -> torch.Tensor:
+        """Pathak's proposal ``P`` ``(B, C, *spatial)`` of the ``proposal`` objective, the
+        soft target its forward trains toward (same inputs as :meth:`forward`)."""
+        if not isinstance(self.objective, ProposalObjective):
+            raise ValueError(f"proposal_target needs objective 'proposal', not "
+                             f"'{self.method}'")
+        _, _, _, again, _ = self._evaluate(logits, values, entries)
+        return self.objective.target(logits, again)
 
     def epoch_step(self) -> None:
         """End of an epoch: the objective's schedules advance (the log-barrier ``t``)."""
