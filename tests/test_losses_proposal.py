@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from weakseg.cli import main
 from weakseg.config import config_from_dict
 from weakseg.engine.checkpoint import load_checkpoint
 from weakseg.engine.trainer import train
@@ -17,7 +18,7 @@ from weakseg.losses import LOSSES, ProposalLoss, proposal_cross_entropy
 from weakseg.losses.proposals import graphcut as graphcut_module
 from weakseg.losses.recipe import LossRecipe, LossTerm
 
-from .conftest import tiny_config
+from .conftest import REPO, tiny_config
 
 pytest.importorskip("maxflow")
 
@@ -186,3 +187,17 @@ def test_resume_keeps_the_cache_step_and_round(tmp_path: Path):
     assert [r["train_total"] for r in rows] == [r["train_total"] for r in ref_rows]
     # the cache was used: not every image was recomputed at every step
     assert min(float(r["train_graphcut_refreshed"]) for r in rows) < 1
+
+
+def test_train_shipped_graphcut_config_tiny(tmp_path: Path):
+    """configs/phantom_scribbles_graphcut.yaml (scribbles + graph-cut proposal), shrunk."""
+    tiny = ["train.epochs=2", "train.threads=1", "data.params.num_volumes=4",
+            "data.params.size=32", "data.params.slices=4", "data.size=32", "data.train=0-2",
+            "data.val=3", "data.test=", "model.params.base_channels=4", "model.params.depth=2"]
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(REPO / "configs" / "phantom_scribbles_graphcut.yaml"),
+            "--out", str(out), "--quiet"]
+    assert main(argv + [a for item in tiny for a in ("--set", item)]) == 0
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"train_partial_ce", "train_graphcut", "train_graphcut_empty",
+            "train_graphcut_kept"} <= set(header)
