@@ -106,8 +106,9 @@ Measured {stamp}; {machine}.
 
 Largest |Δ Dice mean| of the refactored code vs the published numbers:
 {max(abs(d) for d in deltas):.4f}. s/epoch is the median training pass of an epoch (validation
-excluded) and measures the load of the session (two runs and tests shared 2 cores), not the
-code.
+excluded) and measures the load of the machine (both rows ran at once with the test suite; the
+pre-refactor reruns shared the 2 cores with other sessions' trainings too, load ~5),
+not the code.
 
 {args.notes}
 
