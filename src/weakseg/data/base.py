@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from weakseg.errors import WeaksegError
+from weakseg.labels import IGNORE_INDEX
 from weakseg.registry import Registry
 
 __all__ = [
@@ -26,8 +27,6 @@ __all__ = [
     "check_image",
     "check_labels",
 ]
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from weakseg.annotate.scribbles import simulate_scribbles
 from weakseg.data.base import DATASETS, Volume, VolumeSet
 from weakseg.errors import WeaksegError
 
@@ -76,8 +77,6 @@ def load_phantom(
         or not 0.0 <= float(noise) <= 1.0
     ):
         raise WeaksegError(f"phantom: noise must be in [0, 1], got {noise!r}")
-    from weakseg.annotate.scribbles import simulate_scribbles  # avoids an import cycle
-
     spacing = (_SLICE_MM, _FOV_MM / size, _FOV_MM / size)
     volumes = []
     for i in range(num_volumes):
