@@ -53,7 +53,9 @@ def test_help_and_list(capsys):
         assert word in proc.stdout
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("unet2d", "partial_ce", "ce_dice", "acdc_h5", "nifti", "phantom", "scribble"):
+    for name in ("unet2d", "partial_ce", "ce_dice", "acdc_h5", "nifti", "phantom", "scribble",
+                 "objectives:", "log_barrier", "proposals:", "graphcut", "priors:",
+                 "bounds_from_tags", "nifti_pairs"):
         assert name in out
 
 

@@ -197,15 +197,28 @@ def _partial(written: list[Path], targets: list[Path], out: Path) -> str:
             f"not written: {left}")
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+LIST_KINDS = ("models", "losses", "constraints", "objectives", "proposals", "priors",
+              "datasets", "annotators")
+
+
+def _registries() -> dict[str, Registry[Any]]:
     from weakseg.annotate import ANNOTATORS
+    from weakseg.constrain.families import CONSTRAINTS
+    from weakseg.constrain.objectives import OBJECTIVES
     from weakseg.data import DATASETS
+    from weakseg.data.priors import PRIOR_REGISTRY
     from weakseg.losses import LOSSES
+    from weakseg.losses.proposals.base import PROPOSALS
     from weakseg.models import MODELS
 
-    registries: dict[str, Registry[Any]] = {
-        "models": MODELS, "losses": LOSSES, "datasets": DATASETS, "annotators": ANNOTATORS,
-    }
+    found = {"models": MODELS, "losses": LOSSES, "constraints": CONSTRAINTS,
+             "objectives": OBJECTIVES, "proposals": PROPOSALS, "priors": PRIOR_REGISTRY,
+             "datasets": DATASETS, "annotators": ANNOTATORS}
+    return {k: found[k] for k in LIST_KINDS}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    registries = _registries()
     kinds = [args.kind] if args.kind else list(registries)
     for kind in kinds:
         reg = registries[kind]
@@ -303,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("list", parents=[debug],
-                       help="registered models, losses, data sets and annotators")
-    p.add_argument("kind", nargs="?", choices=["models", "losses", "datasets", "annotators"])
+                       help="registered models, losses, constraints, objectives, proposals, "
+                            "priors, data sets and annotators")
+    p.add_argument("kind", nargs="?", choices=LIST_KINDS)
     p.set_defaults(func=_cmd_list)
     return parser
 
