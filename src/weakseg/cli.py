@@ -211,9 +211,11 @@ def _registries() -> dict[str, Registry[Any]]:
     from weakseg.losses.proposals.base import PROPOSALS
     from weakseg.models import MODELS
 
-    found = {"models": MODELS, "losses": LOSSES, "constraints": CONSTRAINTS,
-             "objectives": OBJECTIVES, "proposals": PROPOSALS, "priors": PRIOR_REGISTRY,
-             "datasets": DATASETS, "annotators": ANNOTATORS}
+    found: dict[str, Registry[Any]] = {
+        "models": MODELS, "losses": LOSSES, "constraints": CONSTRAINTS, "objectives": OBJECTIVES,
+        "proposals": PROPOSALS, "priors": PRIOR_REGISTRY, "datasets": DATASETS,
+        "annotators": ANNOTATORS,
+    }
     return {k: found[k] for k in LIST_KINDS}
 
 
