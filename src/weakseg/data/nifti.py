@@ -372,6 +372,25 @@ def _parse_channels(spec: dict[str, Any], path: Path) -> int | None:
 # --------------------------------------------------------------------------- reader
 
 
+def _meta(case: str, channels: dict[int, Path], affine: np.ndarray, header: Any) -> dict[str, Any]:
+    """What a NIfTI volume keeps to write predictions back onto its own grid."""
+    paths = [str(p) for _, p in sorted(channels.items())]
+    return {"format": "nifti", "path": paths[0], "channel_paths": paths, "affine": affine,
+            "header": header, "case": case}
+
+
+def _weak_or_dense(
+    raw: np.ndarray, unlabelled: int | None, num_classes: int, where: str
+) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """A label map holding the unlabelled value is a weak annotation; one without it is a
+    dense label, and also the case's (fully labelled) weak annotation."""
+    shape = (int(raw.shape[0]), int(raw.shape[1]), int(raw.shape[2]))
+    if unlabelled is not None and bool((raw == unlabelled).any()):
+        return None, {WEAK_KEY: _to_weak(raw, unlabelled, shape, num_classes, where)}
+    label = check_labels(raw, shape, num_classes, where)
+    return label, {WEAK_KEY: label.copy()}
+
+
 def _compile_group_pattern(pattern: str | None) -> re.Pattern[str] | None:
     if pattern is None:
         return None
@@ -559,12 +578,10 @@ def load_nifti_folder(
         label_path = _find_case_file(labels, case) if labels.is_dir() else None
         if label_path is not None:
             raw = _read_label_map(label_path, shape, affine, first)
-            if labels_are_partial and unlabelled is not None and bool((raw == unlabelled).any()):
-                weak[WEAK_KEY] = _to_weak(raw, unlabelled, shape, num_classes, str(label_path))
+            if labels_are_partial:
+                label, weak = _weak_or_dense(raw, unlabelled, num_classes, str(label_path))
             else:
                 label = check_labels(raw, shape, num_classes, str(label_path))
-                if labels_are_partial:  # a dense map in a weak folder: fully annotated case
-                    weak[WEAK_KEY] = label.copy()
 
         if annotations is not None and unlabelled is not None:
             ann_path = _find_case_file(annotations, case)
@@ -572,14 +589,7 @@ def load_nifti_folder(
                 raw = _read_label_map(ann_path, shape, affine, first)
                 weak[WEAK_KEY] = _to_weak(raw, unlabelled, shape, num_classes, str(ann_path))
 
-        meta = {
-            "format": "nifti",
-            "path": str(first),
-            "channel_paths": [str(p) for _, p in sorted(cases[case].items())],
-            "affine": affine,
-            "header": header,
-            "case": case,
-        }
+        meta = _meta(case, cases[case], affine, header)
         if case in folds:
             meta["fold"] = folds[case]
         volumes.append(
@@ -667,24 +677,18 @@ def load_nifti_pairs(
             seen[case] = folder
             image, affine, header, first = _read_case_image(case, {0: path}, False, None)
             shape = (int(image.shape[0]), int(image.shape[1]), int(image.shape[2]))
-            label, weak = None, {}
+            label: np.ndarray | None = None
+            weak: dict[str, np.ndarray] = {}
             label_path = next((folder / label_dir / f"{case}{sfx}{_ext(path)}" for sfx in suffixes
                                if (folder / label_dir / f"{case}{sfx}{_ext(path)}").is_file()),
                               None)
             if label_path is not None:
                 raw = _read_label_map(label_path, shape, affine, first)
-                if unlabelled is not None and bool((raw == unlabelled).any()):
-                    weak[WEAK_KEY] = _to_weak(raw, unlabelled, shape, len(class_names),
-                                              str(label_path))
-                else:
-                    label = check_labels(raw, shape, len(class_names), str(label_path))
-                    weak[WEAK_KEY] = label.copy()
+                label, weak = _weak_or_dense(raw, unlabelled, len(class_names), str(label_path))
             volumes.append(Volume(
                 key=case, group=_group_of(case, grouping, group_pattern), image=image,
                 label=label, annotations=weak, spacing=_zyx_spacing(header),
-                meta={"format": "nifti", "path": str(first), "channel_paths": [str(first)],
-                      "affine": affine, "header": header, "case": case,
-                      "split": folder.name},
+                meta={**_meta(case, {0: first}, affine, header), "split": folder.name},
             ))
     if not volumes:
         raise WeaksegError(f"no NIfTI images in {', '.join(str(f / image_dir) for f in folders)}")
@@ -743,14 +747,7 @@ def read_nifti_image_folder(folder: str | Path) -> list[Volume]:
                 group=case,
                 image=image,
                 spacing=_zyx_spacing(header),
-                meta={
-                    "format": "nifti",
-                    "path": str(first),
-                    "channel_paths": [str(p) for _, p in sorted(cases[case].items())],
-                    "affine": affine,
-                    "header": header,
-                    "case": case,
-                },
+                meta=_meta(case, cases[case], affine, header),
             )
         )
     counts = {v.channels for v in volumes}
