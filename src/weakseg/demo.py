@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 from weakseg.config import config_from_dict
+from weakseg.engine.inference import predict_volume
+from weakseg.engine.trainer import load_data, load_model_from_checkpoint, train
+from weakseg.report import plot_curves, plot_volume_overlays
 from weakseg.safeio import check_output_folder, write_text_atomic
 
 __all__ = ["DEMO_RUNS", "demo_config", "run_demo"]
@@ -65,10 +68,6 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
     """Train the demo runs, print the comparison table, write ``overlay.png``/``curves.png``."""
-    from weakseg.engine.inference import predict_volume
-    from weakseg.engine.trainer import load_data, load_model_from_checkpoint, train
-    from weakseg.report import plot_curves, plot_volume_overlays
-
     out = check_output_folder(out_dir, "--out")
     names = runs or list(DEMO_RUNS)
     results: dict[str, dict[str, float]] = {}

@@ -39,6 +39,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from weakseg.config import Config, config_from_dict, dump_config
 from weakseg.data import DATASETS
@@ -67,6 +68,7 @@ from weakseg.engine.distributed import Dist, forward_global, loss_scale
 from weakseg.engine.inference import checkpoint_geometry, predict_volume
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe
+from weakseg.metrics import VolumeMetrics
 from weakseg.models import MODELS
 from weakseg.report.plots import plot_curves, plot_volume_overlays
 from weakseg.safeio import atomic_path, check_output_folder, remove_stale_temps, write_text_atomic
@@ -231,8 +233,6 @@ def train_one_epoch(
     (e.g. ``size_violated``). Schedules are not advanced here: call ``recipe.epoch_step()``
     after the epoch.
     """
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=gen)
     if steps is not None:
@@ -299,10 +299,6 @@ def evaluate_volumes(
     """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``.
     ``geometry``: ``spacing``, ``roi``, ``spatial_dims``, ``patch_depth`` of the checkpoint
     (:func:`weakseg.engine.inference.checkpoint_geometry`)."""
-    from tqdm.auto import tqdm
-
-    from weakseg.metrics import VolumeMetrics
-
     metrics = VolumeMetrics(class_names)
     for vol in tqdm(volumes, desc="evaluate", disable=not progress, leave=False):
         if vol.label is None:

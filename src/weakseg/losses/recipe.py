@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from weakseg.errors import WeaksegError
+from weakseg.losses.base import LOSSES
 
 __all__ = ["LossRecipe", "LossTerm"]
 
@@ -63,8 +64,6 @@ class LossRecipe(nn.Module):
     def __init__(self, terms: list[LossTerm], *, num_classes: int | None = None,
                  class_names: list[str] | None = None) -> None:
         super().__init__()
-        from weakseg.losses import LOSSES
-
         if not terms:
             raise WeaksegError("the loss recipe is empty; add at least one term under 'loss:'")
         context: dict[str, Any] = {}
