@@ -539,6 +539,10 @@ def _restore(run: Run, log: Logger) -> None:
     log(f"resuming {run.out} after epoch {run.start}/{run.cfg.train.epochs}")
 
 
+def _samples(run: Run) -> str:
+    return f"{run.cfg.data.patch_depth}-slice windows" if run.meta["spatial_dims"] == 3 else "slices"
+
+
 def _log_setup(run: Run, log: Logger) -> None:
     cfg, splits, data = run.cfg, run.splits, run.data
     norm = run.meta["normalization"]
@@ -551,7 +555,8 @@ def _log_setup(run: Run, log: Logger) -> None:
             f"{cfg.data.size}² canvas ({cfg.data.size * run.spacing[0]:.0f} mm field of view), "
             f"sliding {run.geometry['roi']}² windows at inference")
     log(
-        f"training {cfg.model.name} on {len(data)} slices from {len(splits.train)} volumes "
+        f"training {cfg.model.name} on {len(data)} {_samples(run)} from "
+        f"{len(splits.train)} volumes "
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
         f"{len(splits.val)} validation volumes, {cfg.train.epochs} epochs × {run.steps} steps, "
         f"{run.device}"
