@@ -540,7 +540,9 @@ def _restore(run: Run, log: Logger) -> None:
 
 
 def _samples(run: Run) -> str:
-    return f"{run.cfg.data.patch_depth}-slice windows" if run.meta["spatial_dims"] == 3 else "slices"
+    if run.meta["spatial_dims"] == 3:
+        return f"{run.cfg.data.patch_depth}-slice windows"
+    return "slices"
 
 
 def _log_setup(run: Run, log: Logger) -> None:
