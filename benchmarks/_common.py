@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["bench_main", "machine", "md_table", "median"]
+__all__ = ["bench_main", "load_run", "machine", "md_table", "median"]
 
 
 def machine() -> str:
@@ -19,6 +19,18 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}")
+
+
+def load_run(out: Path) -> tuple[dict, list[dict[str, str]]] | None:
+    """``(summary.json, log.csv rows)`` of a finished run folder, or None."""
+    import csv
+    import json
+
+    if not (out / "summary.json").exists():
+        return None
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return json.loads((out / "summary.json").read_text()), rows
 
 
 def median(xs: Sequence[float]) -> float:

@@ -19,7 +19,6 @@ Rows are ``<row>@<seed>``; each trains with ``weakseg train`` (resumable) into
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, md_table, median  # noqa: E402
+from _common import load_run, machine, md_table, median  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "own_data"
@@ -162,11 +161,10 @@ def speed(names: list[str], threads: int) -> None:
 
 
 def _load(name: str) -> dict | None:
-    out = RESULTS / name
-    if not (out / "summary.json").exists():
+    run = load_run(RESULTS / name)
+    if run is None:
         return None
-    summary = json.loads((out / "summary.json").read_text())
-    rows = list(csv.DictReader(open(out / "log.csv")))
+    summary, rows = run
     return {"metrics": summary["val_metrics"], "best_epoch": summary["best_epoch"],
             "s_epoch": median([float(r["train_seconds"]) for r in rows])}
 
