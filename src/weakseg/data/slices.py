@@ -50,6 +50,7 @@ __all__ = [
     "resize_labels",
     "resolve_annotation",
     "spacing_shape",
+    "to_grid",
     "to_spacing",
     "volume_to_input",
     "z_windows",
@@ -140,6 +141,20 @@ def to_spacing(
         y = resize_labels(torch.from_numpy(np.asarray(m, dtype=np.int64)), shape)
         out.append(center_canvas(y, size, fill))
     return x, out
+
+
+def to_grid(
+    volume: Volume, size: int, spacing: tuple[float, float] | None = None,
+    maps: Sequence[np.ndarray] = (), fills: Sequence[int] = (), norm: Normalization | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The normalised image ``(Z, K, size, size)`` of ``volume`` and each integer map of
+    ``maps`` on the training grid: resized to a square without ``spacing``, else resampled
+    and centred on the canvas (:func:`to_spacing`, padding each map with its ``fills``)."""
+    if spacing is not None:
+        return to_spacing(volume, spacing, size, maps, fills, norm)
+    x = resize_image(volume_to_input(volume, norm), (size, size))
+    return x, [resize_labels(torch.from_numpy(np.asarray(m, dtype=np.int64)), (size, size))
+               for m in maps]
 
 
 def resolve_annotation(
@@ -254,18 +269,10 @@ def build_slices(
         target = resolve_annotation(
             vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
         )
-        if spacing is not None:
-            maps = [np.asarray(target)] + ([np.asarray(vol.label)] if priors else [])
-            x, (y, *lab) = to_spacing(vol, spacing, size, maps, [IGNORE_INDEX, 0][:len(maps)],
-                                      norm)
-            if priors:
-                full.append(lab[0].numpy())
-        else:
-            x = resize_image(volume_to_input(vol, norm), (size, size))
-            y = resize_labels(torch.from_numpy(np.asarray(target, dtype=np.int64)), (size, size))
-            if priors:
-                label = torch.from_numpy(np.asarray(vol.label, dtype=np.int64))
-                full.append(resize_labels(label, (size, size)).numpy())
+        maps = [np.asarray(target)] + ([np.asarray(vol.label)] if priors else [])
+        x, (y, *lab) = to_grid(vol, size, spacing, maps, [IGNORE_INDEX, 0][:len(maps)], norm)
+        if priors:
+            full.append(lab[0].numpy())
         images.append(x)
         targets.append(y)
         keys += [vol.key] * x.shape[0]
@@ -333,12 +340,7 @@ def build_volumes(
         target = resolve_annotation(
             vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
         )
-        if spacing is not None:
-            x, (y,) = to_spacing(vol, spacing, size, [np.asarray(target)], [IGNORE_INDEX],
-                                 norm)
-        else:
-            x = resize_image(volume_to_input(vol, norm), (size, size))
-            y = resize_labels(torch.from_numpy(np.asarray(target, dtype=np.int64)), (size, size))
+        x, (y,) = to_grid(vol, size, spacing, [np.asarray(target)], [IGNORE_INDEX], norm)
         for start in z_windows(depth, x.shape[0]):
             xs = _pad_z(x[start:start + depth], depth, 0.0)  # (D, K, S, S)
             images.append(xs.movedim(0, 1))

@@ -78,30 +78,27 @@ def predict_probabilities(
     else:
         shape = spacing_shape((h, w), in_plane_spacing(volume, "this checkpoint"), spacing)
     window = roi or size
-    if spatial_dims == 3:
-        vol = resize_image(x, shape).movedim(0, 1)[None].to(device)  # (1, K, Z, H', W')
-        depth = patch_depth or vol.shape[2]
-        probs = cast(torch.Tensor, sliding_window_inference(
-            vol, (depth, window, window), batch_size, lambda t: _softmax(model, t, tta),
-            overlap=0.5, mode="gaussian",
-        ))[0].movedim(1, 0)  # (Z, C, H', W')
-        probs = resize_image(probs, (h, w)) if (h, w) != shape else probs
-        model.train(was_training)
-        return probs.float().cpu().movedim(1, 0).numpy()
-    chunks = []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = resize_image(x[start : start + batch_size], shape).to(device)
-        if spacing is None:
-            probs = _softmax(model, chunk, tta)
+
+    def softmax(t: torch.Tensor) -> torch.Tensor:  # (N, K, [D,] H', W') → (N, C, ...)
+        if spatial_dims == 2 and spacing is None:
+            return _softmax(model, t, tta)
+        roi_size = (window, window) if spatial_dims == 2 else (
+            patch_depth or t.shape[2], window, window)
+        return cast(torch.Tensor, sliding_window_inference(
+            t, roi_size, batch_size, lambda u: _softmax(model, u, tta), overlap=0.5,
+            mode="gaussian"))
+
+    try:
+        if spatial_dims == 3:  # the whole volume as one (1, K, Z, H', W') input
+            vol = resize_image(x, shape).movedim(0, 1)[None].to(device)
+            chunks = [softmax(vol)[0].movedim(1, 0)]  # (Z, C, H', W')
         else:
-            probs = cast(torch.Tensor, sliding_window_inference(
-                chunk, (window, window), batch_size, lambda t: _softmax(model, t, tta),
-                overlap=0.5, mode="gaussian",
-            ))
-        probs = resize_image(probs, (h, w)) if (h, w) != shape else probs
-        chunks.append(probs.float().cpu())
-    model.train(was_training)
-    return torch.cat(chunks).movedim(1, 0).numpy()
+            chunks = [softmax(resize_image(x[i : i + batch_size], shape).to(device))
+                      for i in range(0, x.shape[0], batch_size)]
+        probs = torch.cat([resize_image(c, (h, w)).float().cpu() for c in chunks])
+    finally:
+        model.train(was_training)
+    return probs.movedim(1, 0).numpy()
 
 
 @torch.no_grad()

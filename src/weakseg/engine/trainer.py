@@ -188,10 +188,6 @@ def build_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _device(name: str) -> torch.device:
-    return resolve_device(name, "train.device")
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % 2**63
 
@@ -294,17 +290,22 @@ def evaluate_volumes(
     device: torch.device | str = "cpu",
     tta: bool = False,
     progress: bool = False,
+    on_prediction: Callable[[Volume, Any], None] | None = None,
     **geometry: Any,
 ) -> Any:
     """Predict and score every volume (3D Dice, HD95, ASD); returns a ``VolumeMetrics``.
     ``geometry``: ``spacing``, ``roi``, ``spatial_dims``, ``patch_depth`` of the checkpoint
-    (:func:`weakseg.engine.inference.checkpoint_geometry`)."""
+    (:func:`weakseg.engine.inference.checkpoint_geometry`). ``on_prediction(volume, map)``
+    sees every predicted label map (e.g. to keep some for pictures without predicting
+    twice)."""
     metrics = VolumeMetrics(class_names)
     for vol in tqdm(volumes, desc="evaluate", disable=not progress, leave=False):
         if vol.label is None:
             raise WeaksegError(f"{vol.key}: no full label map to score against")
         pred = predict_volume(model, vol, size=size, device=device, tta=tta, **geometry)
         metrics.update(pred, vol.label, key=vol.key, spacing=vol.spacing)
+        if on_prediction is not None:
+            on_prediction(vol, pred)
     return metrics
 
 
@@ -448,7 +449,7 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     if t.threads:
         torch.set_num_threads(t.threads)
     dist = distributed.from_env()
-    device = distributed.init(dist, _device(t.device))
+    device = distributed.init(dist, resolve_device(t.device, "train.device"))
     log = log if dist.main else _silent
     splits = load_data(cfg)
     ds = splits.dataset
@@ -608,6 +609,14 @@ def save_epoch(run: Run, row: dict[str, Any], score: float) -> None:
                 run.writer.add_scalar(k, v, epoch)
 
 
+def _keep_first(store: list[Any], n: int) -> Callable[[Volume, Any], None]:
+    """An ``on_prediction`` callback keeping the first ``n`` label maps in ``store``."""
+    def keep(volume: Volume, prediction: Any) -> None:
+        if len(store) < n:
+            store.append(prediction)
+    return keep
+
+
 def finalize(run: Run, seconds: float) -> TrainResult:
     """Score ``best.pt`` on the validation and test volumes; write their metrics, overlays,
     ``curves.png`` and ``summary.json``."""
@@ -620,12 +629,13 @@ def finalize(run: Run, seconds: float) -> TrainResult:
     names = run.splits.dataset.class_names
     for name, vols in (("val", run.splits.val), ("test", run.splits.test)):
         if vols:
-            vm = evaluate_volumes(run.model, vols, names, device=run.device, **run.geometry)
+            shown = vols[:4]
+            preds: list[Any] = []
+            vm = evaluate_volumes(
+                run.model, vols, names, device=run.device, **run.geometry,
+                on_prediction=_keep_first(preds, len(shown)))
             vm.write_csv(run.out / f"{name}_metrics.csv")
             setattr(result, f"{name}_metrics", vm.compute())
-            shown = vols[:4]
-            preds = [predict_volume(run.model, v, device=run.device, **run.geometry)
-                     for v in shown]
             plot_volume_overlays(run.out / f"{name}_overlay.png", shown, {"prediction": preds},
                                  class_names=names)
     summary = {
