@@ -63,6 +63,23 @@ def monuseg_root() -> Path:
     return shared_data("monuseg")
 
 
+def write_h5_folder(folder: Path, vset) -> Path:
+    """Write ``vset``'s volumes in the WSL4MIS h5 layout (scribble 4 = unlabelled) as
+    ``patient001_frame01.h5``, ...; returns ``folder``."""
+    import h5py
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, vol in enumerate(vset.volumes):
+        scr = vol.annotations["scribble"].copy()
+        scr[scr < 0] = 4
+        with h5py.File(folder / f"patient{i + 1:03d}_frame01.h5", "w") as f:
+            f["image"] = vol.image
+            f["label"] = vol.label.astype(np.uint8)
+            f["scribble"] = scr.astype(np.uint16)
+    return folder
+
+
 def tiny_config(**overrides: object) -> dict:
     """A phantom config that trains in about a second."""
     cfg: dict = {

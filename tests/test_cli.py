@@ -16,22 +16,14 @@ import yaml
 from weakseg.cli import main
 from weakseg.data import DATASETS
 
-from .conftest import REPO, tiny_config
+from .conftest import REPO, tiny_config, write_h5_folder
 
 
 @pytest.fixture(scope="module")
 def h5_folder(tmp_path_factory) -> Path:
     """Phantom volumes written in the WSL4MIS h5 layout (4 = unlabelled)."""
-    root = tmp_path_factory.mktemp("h5")
     vset = DATASETS.build("phantom", num_volumes=4, size=32, slices=4, seed=3)
-    for i, vol in enumerate(vset.volumes):
-        scr = vol.annotations["scribble"].copy()
-        scr[scr < 0] = 4
-        with h5py.File(root / f"patient{i + 1:03d}_frame01.h5", "w") as f:
-            f["image"] = vol.image
-            f["label"] = vol.label.astype(np.uint8)
-            f["scribble"] = scr.astype(np.uint16)
-    return root
+    return write_h5_folder(tmp_path_factory.mktemp("h5"), vset)
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,10 @@ import yaml
 from weakseg.cli import main
 from weakseg.data import DATASETS
 
-from .conftest import tiny_config
+from .conftest import tiny_config, write_h5_folder
 from .test_data_monuseg import _fake as fake_monuseg
 
 AFFINE = np.diag([1.5, 1.5, 8.0, 1.0])
-
-
-def _write_h5(folder: Path, vset) -> None:
-    folder.mkdir(parents=True)
-    for i, vol in enumerate(vset.volumes):
-        scr = vol.annotations["scribble"].copy()
-        scr[scr < 0] = 4
-        with h5py.File(folder / f"patient{i + 1:03d}_frame01.h5", "w") as f:
-            f["image"] = vol.image
-            f["label"] = vol.label.astype(np.uint8)
-            f["scribble"] = scr.astype(np.uint16)
 
 
 def _nii(arr: np.ndarray, path: Path) -> None:
@@ -66,7 +55,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     """Every input file of the catalogue, under one root that is hashed around each case."""
     root = tmp_path_factory.mktemp("inputs")
     vset = DATASETS.build("phantom", num_volumes=4, size=32, slices=4, seed=3)
-    _write_h5(root / "h5", vset)
+    write_h5_folder(root / "h5", vset)
     _write_nnunet(root / "nn", vset, labelled=4)
     _write_nnunet(root / "nn_partial", vset, labelled=3)
     _write_nnunet(root / "nn_unlabelled", vset, labelled=0)
