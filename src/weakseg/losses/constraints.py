@@ -41,6 +41,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -456,8 +457,21 @@ def _legacy_objective(method: str, *, reduction: str = "mean", units: str = "fra
     return {"method": method, **settings.get(method, {})}
 
 
+def _flat_objective_options(cls: type[ConstraintLoss]) -> type[ConstraintLoss]:
+    """Declare an alias's signature as its own (family) parameters plus the flat objective
+    options of :func:`_legacy_objective`, which its ``**flat`` forwards: config checks
+    (names with "did you mean", types) see every option without the list being copied."""
+    own = [p for n, p in inspect.signature(cls.__init__, eval_str=True).parameters.items()
+           if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    flat = [p for n, p in inspect.signature(_legacy_objective, eval_str=True).parameters.items()
+            if n != "method"]
+    cls.__signature__ = inspect.Signature(own + flat)  # type: ignore[attr-defined]
+    return cls
+
+
 @LOSSES.register("size", help="alias of constraint: {family: size} with flat options "
                  "(method, t0, dual_lr, ...)")
+@_flat_objective_options
 class SizeConstraintLoss(ConstraintLoss):
     """Alias: ``ConstraintLoss({"family": "size", fraction, check[, bounds]}, objective)``
     with the old flat options (``method``, ``t0``, ``t_mult``, ``t_max``, ``dual_lr``,
@@ -467,22 +481,17 @@ class SizeConstraintLoss(ConstraintLoss):
 
     def __init__(
         self, method: str = "log_barrier", *, fraction: bool = False, check: bool = True,
-        t0: float = 5.0, t_mult: float = 1.1, t_max: float | None = None,
-        num_classes: int | None = None, dual_lr: float = 1.0, reduction: str = "mean",
-        proposal_iterations: int = 30, proposal_lr: float = 4.0,
-        bounds: Sequence[Sequence[float]] | None = None, units: str = "fraction",
-        per_image: bool = False,
+        num_classes: int | None = None, bounds: Sequence[Sequence[float]] | None = None,
+        **flat: Any,
     ) -> None:
         constraint: dict[str, Any] = {"family": "size", "fraction": fraction, "check": check}
         if bounds is not None:
             constraint["bounds"] = bounds
-        super().__init__(constraint, _legacy_objective(
-            method, reduction=reduction, units=units, t0=t0, t_mult=t_mult, t_max=t_max,
-            dual_lr=dual_lr, per_image=per_image, proposal_iterations=proposal_iterations,
-            proposal_lr=proposal_lr), num_classes=num_classes)
+        super().__init__(constraint, _legacy_objective(method, **flat), num_classes=num_classes)
 
 
 @LOSSES.register("tags", help="alias of constraint: {family: tags} with flat options")
+@_flat_objective_options
 class TagConstraintLoss(ConstraintLoss):
     """Alias: ``ConstraintLoss({"family": "tags", min_size, fraction}, objective)`` with the
     flat options of :class:`SizeConstraintLoss`."""
@@ -491,21 +500,14 @@ class TagConstraintLoss(ConstraintLoss):
 
     def __init__(
         self, method: str = "log_barrier", *, min_size: float = 1.0, fraction: bool = False,
-        t0: float = 5.0, t_mult: float = 1.1, t_max: float | None = None,
-        num_classes: int | None = None, dual_lr: float = 1.0, reduction: str = "mean",
-        proposal_iterations: int = 30, proposal_lr: float = 4.0, units: str = "fraction",
-        per_image: bool = False,
+        num_classes: int | None = None, **flat: Any,
     ) -> None:
         super().__init__({"family": "tags", "min_size": min_size, "fraction": fraction},
-                         _legacy_objective(
-                             method, reduction=reduction, units=units, t0=t0, t_mult=t_mult,
-                             t_max=t_max, dual_lr=dual_lr, per_image=per_image,
-                             proposal_iterations=proposal_iterations,
-                             proposal_lr=proposal_lr),
-                         num_classes=num_classes)
+                         _legacy_objective(method, **flat), num_classes=num_classes)
 
 
 @LOSSES.register("box", help="alias of constraint: {family: box} with flat options")
+@_flat_objective_options
 class BoxConstraintLoss(ConstraintLoss):
     """Alias: ``ConstraintLoss({"family": "box", band_width, size_fraction, emptiness,
     emptiness_weight, background}, objective)`` with the flat options of
@@ -519,20 +521,13 @@ class BoxConstraintLoss(ConstraintLoss):
         self, method: str = "log_barrier", *, band_width: int = 1,
         size_fraction: Sequence[float] | Sequence[Sequence[float]] = (0.5, 0.9),
         emptiness: str = "mass", emptiness_weight: float = 1.0, background: int = 0,
-        t0: float = 5.0, t_mult: float = 1.1, t_max: float | None = None,
-        num_classes: int | None = None, dual_lr: float = 1.0, reduction: str = "mean",
-        proposal_iterations: int = 30, proposal_lr: float = 4.0, units: str = "fraction",
-        per_image: bool = False,
+        num_classes: int | None = None, **flat: Any,
     ) -> None:
         super().__init__(
             {"family": "box", "band_width": band_width, "size_fraction": size_fraction,
              "emptiness": emptiness, "emptiness_weight": emptiness_weight,
              "background": background},
-            _legacy_objective(method, reduction=reduction, units=units, t0=t0, t_mult=t_mult,
-                              t_max=t_max, dual_lr=dual_lr, per_image=per_image,
-                              proposal_iterations=proposal_iterations,
-                              proposal_lr=proposal_lr),
-            num_classes=num_classes)
+            _legacy_objective(method, **flat), num_classes=num_classes)
 
 
 @LOSSES.register("centroid", help="alias of constraint: {family: centroid} with flat options")
