@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +18,6 @@ from torch import nn
 from weakseg.engine.distributed import Dist, forward_global, loss_scale
 
 from .conftest import tiny_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _net() -> nn.Module:
@@ -45,8 +38,8 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+def _worker(rank: int, rendezvous: str, out: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
                                   world_size=2)
     dist = Dist(rank=rank, world=2)
     net = nn.parallel.DistributedDataParallel(_net())
@@ -55,6 +48,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     (_loss(logits, y) * loss_scale(dist)).backward()
     if rank == 0:
         torch.save({"logits": logits.detach(), "grads": [p.grad for p in net.parameters()]}, out)
+    del net, logits  # the DDP reducer goes before its process group
+    torch_dist.barrier()  # no process leaves while another still talks to it (gloo aborts)
     torch_dist.destroy_process_group()
 
 
@@ -62,7 +57,7 @@ def test_global_batch_loss_and_gradient_equal_one_process(tmp_path):
     """Gathered logits are the whole batch's, and the DDP gradient of the global-batch loss
     equals the one-process gradient (no batch norm, no dropout: exact up to float sums)."""
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
     got = torch.load(out)
     net = _net()
     x, y = _batch()
