@@ -201,3 +201,17 @@ def test_train_shipped_graphcut_config_tiny(tmp_path: Path):
     header = (out / "log.csv").read_text().splitlines()[0].split(",")
     assert {"train_partial_ce", "train_graphcut", "train_graphcut_empty",
             "train_graphcut_kept"} <= set(header)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 3, 2, 3, 4)])
+def test_gradcheck_proposal_cross_entropy_hard_and_soft(shape):
+    """float64 gradcheck in 2D and 3D, hard targets with unlabelled pixels and soft ones."""
+    from weakseg.losses.proposal import proposal_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    hard = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    hard.view(-1)[::3] = -100
+    soft = torch.rand(shape, generator=g, dtype=torch.float64).softmax(1)
+    assert torch.autograd.gradcheck(lambda z: proposal_cross_entropy(z, hard), (logits,))
+    assert torch.autograd.gradcheck(lambda z: proposal_cross_entropy(z, soft), (logits,))
