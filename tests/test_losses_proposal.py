@@ -215,3 +215,30 @@ def test_gradcheck_proposal_cross_entropy_hard_and_soft(shape):
     soft = torch.rand(shape, generator=g, dtype=torch.float64).softmax(1)
     assert torch.autograd.gradcheck(lambda z: proposal_cross_entropy(z, hard), (logits,))
     assert torch.autograd.gradcheck(lambda z: proposal_cross_entropy(z, soft), (logits,))
+
+
+def test_boxes_graphcut_and_self_training_from_init_tiny(tmp_path: Path):
+    """A box run with the graph cut inside the boxes (``boxes: true`` reads the ``boxes``
+    prior), then CBST self-training started from its best.pt (``train.init``); without the
+    prior the graph cut with ``boxes: true`` fails at config time with one line."""
+    raw = tiny_config(train__epochs=1, data__annotation="none")
+    raw["data"]["priors"] = ["boxes"]
+    raw["loss"] = [
+        {"name": "constraint", "weight": 1.0,
+         "params": {"constraint": {"family": "box", "emptiness": "ce"},
+                    "objective": {"method": "log_barrier", "units": "pixels"}}},
+        {"name": "proposal", "weight": 0.5,
+         "params": {"proposal": {"name": "graphcut", "boxes": True}}},
+    ]
+    train(config_from_dict(raw), tmp_path / "boxes", progress=False, log=lambda s: None)
+    header = (tmp_path / "boxes" / "log.csv").read_text().splitlines()[0].split(",")
+    assert "train_graphcut_kept" in header
+    tuned = tiny_config(train__epochs=1, train__init=str(tmp_path / "boxes" / "best.pt"))
+    tuned["loss"].append({"name": "proposal", "params": {"proposal": {"name": "cbst"}}})
+    train(config_from_dict(tuned), tmp_path / "cbst", progress=False, log=lambda s: None)
+    assert (tmp_path / "cbst" / "best.pt").exists()
+    raw["data"]["priors"] = []
+    with pytest.raises(WeaksegError, match="boxes") as info:
+        train(config_from_dict(raw), tmp_path / "no_prior", progress=False, log=lambda s: None)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "no_prior").exists()

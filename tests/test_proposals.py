@@ -173,6 +173,61 @@ def test_graphcut_proposal_keeps_hard_constraints(classes, spatial):
     assert torch.equal(free, torch.where(mask, target, logits.argmax(1)))
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_graphcut_allowed_labels_exhaustive(classes):
+    """``allowed`` is a hard constraint: the result is the exhaustive minimum over the
+    labellings that respect it (binary exact; 3 labels within the Potts bound), 2D and 3D."""
+    rng = np.random.default_rng(classes)
+    for shape in ((3, 3), (2, 2, 2)):
+        for trial in range(4):
+            log_p, image, target = _case(rng, shape, classes, labelled=trial % 2)
+            allowed = rng.random((classes, *shape)) < 0.6
+            allowed[0] = True  # a label every pixel may take
+            flat_t = target.reshape(-1)
+            allowed.reshape(classes, -1)[flat_t[flat_t != IGNORE], flat_t != IGNORE] = True
+            labels = graphcut_labels(log_p, image, target, lam=1.0, sigma=0.3,
+                                     allowed=allowed).ravel()
+            assert allowed.reshape(classes, -1)[labels, np.arange(labels.size)].all()
+            unary = -log_p.reshape(classes, -1)
+            edges = grid_edges(image, sigma=0.3)
+            n = unary.shape[1]
+            labs = np.array(list(itertools.product(range(classes), repeat=n)))
+            ok = allowed.reshape(classes, -1)[labs, np.arange(n)].all(1)
+            ok &= ((flat_t == IGNORE) | (labs == flat_t)).all(1)
+            i, j, w = edges
+            best = float((unary[labs[ok], np.arange(n)].sum(1)
+                          + ((labs[ok][:, i] != labs[ok][:, j]) * w).sum(1)).min())
+            energy = potts_energy(unary, labels, edges, 1.0)
+            if classes == 2:
+                assert energy == pytest.approx(best, abs=1e-9)
+            else:
+                assert best - 1e-9 <= energy <= 2 * best + 1e-9
+
+
+def test_graphcut_inside_the_boxes():
+    """``boxes: true``: a foreground class never leaves its box, the background goes
+    anywhere; the input batch is not modified; without the prior it is a clear error."""
+    gen = torch.Generator().manual_seed(1)
+    logits = 4 * torch.randn(2, 3, 12, 12, generator=gen)
+    boxes = torch.zeros(2, 3, 12, 12, dtype=torch.bool)
+    boxes[:, 1, 2:6, 2:7] = True
+    boxes[0, 2, 5:11, 4:10] = True  # image 1 has no class-2 box
+    batch = {"image": torch.rand(2, 1, 12, 12, generator=gen),
+             "target": torch.full((2, 12, 12), IGNORE), "boxes": boxes}
+    before = boxes.clone()
+    prop = PROPOSALS.build("graphcut", lam=0.5, sigma=0.2, boxes=True)
+    assert prop.inputs == ("target", "image", "boxes")
+    out = prop(logits, batch)
+    assert torch.equal(boxes, before)
+    for c in (1, 2):
+        assert not ((out == c) & ~boxes[:, c]).any()
+    assert not (out[1] == 2).any()
+    free = PROPOSALS.build("graphcut", lam=0.5, sigma=0.2)(logits, batch)
+    assert ((free == 1) & ~boxes[:, 1]).any()  # the constraint is what keeps it inside
+    with pytest.raises(ValueError, match="boxes"):
+        prop(logits, {"image": batch["image"], "target": batch["target"]})
+
+
 def test_graphcut_smooths_a_noisy_prediction():
     gen = torch.Generator().manual_seed(0)
     truth = torch.zeros(1, 16, 16, dtype=torch.long)
@@ -193,7 +248,8 @@ def test_graphcut_without_pymaxflow_is_one_line(monkeypatch):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("params", [{"lam": -1.0}, {"sigma": 0.0}, {"max_cycles": 0}])
+@pytest.mark.parametrize("params", [{"lam": -1.0}, {"sigma": 0.0}, {"max_cycles": 0},
+                                    {"boxes": "yes"}])
 def test_graphcut_bad_parameters(params):
     with pytest.raises(WeaksegError, match=next(iter(params))):
         PROPOSALS.build("graphcut", **params)

@@ -19,7 +19,7 @@ from weakseg.config import config_from_dict
 from weakseg.data.base import IGNORE_INDEX, Volume
 from weakseg.data.slices import build_slices
 from weakseg.engine.checkpoint import load_checkpoint
-from weakseg.engine.trainer import train
+from weakseg.engine.trainer import build_model, init_weights, train
 from weakseg.errors import WeaksegError
 
 from .conftest import tiny_config
@@ -229,3 +229,32 @@ def test_random_crop_cuts_spatial_extras_alike():
     assert extras["other"] is other
     with pytest.raises(WeaksegError, match="does not fit"):
         random_crop(x, y, gen, 9)
+
+
+def test_init_starts_from_the_checkpoint_weights_only(tmp_path: Path):
+    """``train.init``: the network starts from a checkpoint's weights (not its optimiser or
+    epoch); other classes are refused; a resumed run takes last.pt, not the init file."""
+    base = config_from_dict(tiny_config(train__epochs=2))
+    train(base, tmp_path / "base", progress=False, log=lambda s: None)
+    best = tmp_path / "base" / "best.pt"
+    before = best.read_bytes()
+    init = config_from_dict(tiny_config(train__epochs=1, train__init=str(best), train__lr=1e-12))
+    train(init, tmp_path / "tuned", progress=False, log=lambda s: None)
+    start = load_checkpoint(best)["model"]
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert tuned["epoch"] == 1 and best.read_bytes() == before
+    for key, value in start.items():  # lr ~ 0: the weights are still the checkpoint's
+        if value.is_floating_point() and "running" not in key:
+            assert torch.allclose(tuned["model"][key], value, atol=1e-6), key
+    scratch = config_from_dict(tiny_config(train__epochs=1, train__lr=1e-12))
+    train(scratch, tmp_path / "scratch", progress=False, log=lambda s: None)
+    other = load_checkpoint(tmp_path / "scratch" / "last.pt")["model"]
+    assert not all(torch.allclose(other[k], v) for k, v in start.items()
+                   if v.is_floating_point())
+    model = build_model(init, 1, 4)
+    with pytest.raises(WeaksegError, match=r"train.init .*this data \['a', 'b'\]"):
+        init_weights(model, best, ["a", "b"], 1)
+    best.rename(tmp_path / "moved.pt")  # resuming must not read the init file
+    longer = config_from_dict(tiny_config(train__epochs=2, train__init=str(best), train__lr=1e-12))
+    train(longer, tmp_path / "tuned", resume=True, progress=False, log=lambda s: None)
+    assert load_checkpoint(tmp_path / "tuned" / "last.pt")["epoch"] == 2

@@ -125,6 +125,9 @@ class TrainConfig:
     amp: bool = True  # mixed precision (float16 autocast + gradient scaling) on CUDA only
     max_steps_per_epoch: int | None = _field(None, ge=1)
     steps_per_epoch: int | None = _field(None, ge=1)
+    #: a checkpoint (best.pt / last.pt of 'weakseg train') whose network weights start this
+    #: run, e.g. self-training on top of a trained model; same classes, channels and network
+    init: str | None = None
 
 
 @dataclass

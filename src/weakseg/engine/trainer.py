@@ -32,7 +32,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -479,7 +479,10 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
                                   size=cfg.data.size, priors=cfg.data.priors, spacing=spacing,
                                   norm=norm)
     torch.manual_seed(t.seed)  # model initialisation
-    model = build_model(cfg, ds.in_channels, ds.num_classes).to(device)
+    model = build_model(cfg, ds.in_channels, ds.num_classes)
+    if t.init and not resume:  # a resumed run takes its weights from last.pt
+        init_weights(model, t.init, ds.class_names, ds.in_channels)
+    model = model.to(device)
     recipe = LossRecipe(cfg.loss, num_classes=ds.num_classes,
                         class_names=list(ds.class_names)).to(device)
     _check_recipe_fits(model, recipe, data, cfg, device)
@@ -506,6 +509,30 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
         run.writer = _tensorboard(out)
     _log_setup(run, log)
     return run
+
+
+def init_weights(model: nn.Module, path: str | Path, class_names: Sequence[str],
+                 in_channels: int) -> None:
+    """Load the network weights of checkpoint ``path`` (``train.init``) into ``model``:
+    only the weights (no optimiser, schedule or loss state), from a run on the same classes
+    and channels with the same network."""
+    where = f"train.init {path}"
+    try:
+        ckpt = load_checkpoint(path)
+    except WeaksegError as exc:
+        raise WeaksegError(f"train.init: {exc}") from exc
+    if list(ckpt["class_names"]) != list(class_names) or int(ckpt["in_channels"]) != in_channels:
+        raise WeaksegError(
+            f"{where}: that run has classes {list(ckpt['class_names'])} and "
+            f"{ckpt['in_channels']} input channel(s), this data {list(class_names)} and "
+            f"{in_channels}; start from a checkpoint trained on the same kind of data")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise WeaksegError(
+            f"{where}: its weights do not fit this config's network ({first[:160]}); use the "
+            "same model name and params as the run that wrote it") from exc
 
 
 def _silent(line: str) -> None:

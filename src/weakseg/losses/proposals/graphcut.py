@@ -181,21 +181,32 @@ def alpha_expansion(unary: np.ndarray, edges: Edges, lam: float, init: np.ndarra
 
 def graphcut_labels(log_probs: np.ndarray, image: np.ndarray, target: np.ndarray, *,
                     lam: float, sigma: float, max_cycles: int = 5, tol: float = 0.0,
+                    allowed: np.ndarray | None = None,
                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """The proposal of one image: ``log_probs (C, *spatial)``, ``image (K, *spatial)``,
-    ``target (*spatial)`` (weak labels or ``ignore_index``) → labels ``(*spatial)``."""
+    ``target (*spatial)`` (weak labels or ``ignore_index``) → labels ``(*spatial)``.
+
+    ``allowed``: optional ``(C, *spatial)`` bool, the labels a pixel may take (e.g. a class
+    only inside its boxes); like the weak labels, a hard constraint (a weak label wins over
+    it)."""
     shape = log_probs.shape[1:]
     c = log_probs.shape[0]
     unary = -log_probs.reshape(c, -1).astype(np.float64)
     flat_t = target.reshape(-1)
     labelled = flat_t != ignore_index
     edges = grid_edges(image, sigma=sigma)
-    if labelled.any():  # hard constraints: a cost no feasible labelling can pay
+    forbid = np.zeros(unary.shape, dtype=bool)
+    if allowed is not None:
+        if allowed.shape != log_probs.shape:
+            raise ValueError(f"allowed must have the shape (C, *spatial) "
+                             f"{log_probs.shape}, got {allowed.shape}")
+        forbid |= ~allowed.reshape(c, -1).astype(bool)
+    if labelled.any():
+        forbid[:, labelled] = True
+        forbid[flat_t[labelled], np.flatnonzero(labelled)] = False
+    if forbid.any():  # hard constraints: a cost no feasible labelling can pay
         big = 1.0 + float(np.abs(unary).max(0).sum()) + lam * float(edges[2].sum())
-        forbid = np.zeros_like(unary)
-        forbid[:, labelled] = big
-        forbid[flat_t[labelled], np.flatnonzero(labelled)] = 0.0
-        unary = unary + forbid
+        unary = unary + big * forbid
     if c == 2:  # exact: one cut, x = 1 ⇔ label 1
         i, j, w = edges
         x = _solve(unary[0], unary[1], i, j, lam * w, lam * w)
@@ -217,9 +228,12 @@ class GraphCutProposal(ProposalMethod):
         max_cycles: most α-expansion cycles over the labels (3+ labels).
         tol: stop after a cycle that lowers the energy by less than this fraction (0: run
             to the expansion-move local minimum; the last cycles typically gain < 0.1 %).
+        boxes: also read the ``boxes`` prior (``data.priors: [boxes]``): a foreground class
+            is allowed only inside its boxes, the background everywhere ("graph cut inside
+            the boxes", as GrabCut-style box supervision).
 
-    Reads ``target`` (weak labels, the hard constraints) and ``image``; returns hard labels
-    everywhere (it never abstains).
+    Reads ``target`` (weak labels, the hard constraints) and ``image`` (and ``boxes``);
+    returns hard labels everywhere (it never abstains).
 
     Example:
         >>> prop = GraphCutProposal(lam=1.0, sigma=0.1)
@@ -232,7 +246,7 @@ class GraphCutProposal(ProposalMethod):
     inputs = ("target", "image")
 
     def __init__(self, *, lam: float = 1.0, sigma: float = 0.1, max_cycles: int = 5,
-                 tol: float = 1e-3) -> None:
+                 tol: float = 1e-3, boxes: bool = False) -> None:
         super().__init__()
         if maxflow is None:
             raise WeaksegError(INSTALL_HINT)
@@ -248,6 +262,10 @@ class GraphCutProposal(ProposalMethod):
         self.sigma = float(sigma)
         self.max_cycles = max_cycles
         self.tol = float(tol)
+        if not isinstance(boxes, bool):
+            raise ValueError(f"boxes must be true or false, got {boxes!r}")
+        self.boxes = boxes
+        self.inputs = ("target", "image", "boxes") if boxes else ("target", "image")
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -255,11 +273,19 @@ class GraphCutProposal(ProposalMethod):
         log_probs = logits.detach().double().log_softmax(1).cpu().numpy()
         image = batch["image"].detach().double().cpu().numpy()
         target = batch["target"].detach().cpu().numpy()
+        allowed = None
+        if self.boxes:
+            allowed = batch["boxes"].detach().bool().cpu().numpy().copy()
+            if allowed.shape != log_probs.shape:
+                raise ValueError(f"boxes must have the logits' shape {tuple(logits.shape)}, "
+                                 f"got {allowed.shape}")
+            allowed[:, 0] = True  # the background has no box: allowed everywhere
         out = [graphcut_labels(log_probs[b], image[b], target[b], lam=self.lam,
-                               sigma=self.sigma, max_cycles=self.max_cycles, tol=self.tol)
+                               sigma=self.sigma, max_cycles=self.max_cycles, tol=self.tol,
+                               allowed=None if allowed is None else allowed[b])
                for b in range(logits.shape[0])]
         return torch.from_numpy(np.stack(out)).to(device=logits.device, dtype=torch.long)
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam:g}, sigma={self.sigma:g}, max_cycles={self.max_cycles}, "
-                f"tol={self.tol:g}")
+                f"tol={self.tol:g}, boxes={self.boxes}")
