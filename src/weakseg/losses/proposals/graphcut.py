@@ -243,7 +243,7 @@ class GraphCutProposal(ProposalMethod):
         torch.Size([2, 8, 8])
     """
 
-    inputs = ("target", "image")
+    inputs: tuple[str, ...] = ("target", "image")
 
     def __init__(self, *, lam: float = 1.0, sigma: float = 0.1, max_cycles: int = 5,
                  tol: float = 1e-3, boxes: bool = False) -> None:
