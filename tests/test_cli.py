@@ -47,7 +47,7 @@ def test_help_and_list(capsys):
     out = capsys.readouterr().out
     for name in ("unet2d", "partial_ce", "ce_dice", "acdc_h5", "nifti", "phantom", "scribble",
                  "objectives:", "log_barrier", "proposals:", "graphcut", "priors:",
-                 "bounds_from_tags", "nifti_pairs"):
+                 "bounds_from_tags", "nifti_pairs", "relative_size", "one_component"):
         assert name in out
 
 
@@ -194,6 +194,30 @@ def test_predict_h5_probabilities(trained: Path, h5_folder: Path, tmp_path: Path
     with h5py.File(tmp_path / "patient001_frame01.h5") as f:
         assert f["probabilities"].shape == (4, *f["prediction"].shape)
         np.testing.assert_array_equal(f["probabilities"][()].argmax(axis=0), f["prediction"][()])
+
+
+def test_largest_component_option_of_predict_and_evaluate(trained: Path, h5_folder: Path,
+                                                         tmp_path: Path, capsys):
+    """--largest-component: every foreground class one 3D blob in the written label maps;
+    evaluate scores the cleaned maps."""
+    from scipy import ndimage
+
+    from weakseg.engine.inference import largest_component
+
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    for out, extra in ((plain, []), (kept, ["--largest-component"])):
+        assert main(["predict", "--checkpoint", str(trained), "--input", str(h5_folder),
+                     "--output", str(out), "--quiet", *extra]) == 0
+    for path in sorted(kept.glob("*.h5")):
+        with h5py.File(path) as f, h5py.File(plain / path.name) as g:
+            np.testing.assert_array_equal(f["prediction"][()],
+                                          largest_component(g["prediction"][()]))
+            for k in range(1, 4):
+                assert ndimage.label(f["prediction"][()] == k)[1] <= 1
+    assert main(["evaluate", "--checkpoint", str(trained), "--data", str(h5_folder),
+                 "--patients", "4", "--out", str(tmp_path / "m.csv"), "--quiet",
+                 "--largest-component"]) == 0
+    assert "HD95" in capsys.readouterr().out
 
 
 def test_evaluate_with_tta_on_cpu(trained: Path, h5_folder: Path, tmp_path: Path, capsys):

@@ -99,7 +99,8 @@ def test_centroid_hand_values_2d_and_3d():
 
 
 def test_registry_lists_the_families_with_their_inputs():
-    assert CONSTRAINTS.names() == ["box", "centroid", "size", "tags"]
+    assert CONSTRAINTS.names() == ["box", "centroid", "one_component", "relative_size",
+                                   "size", "tags"]
     assert OBJECTIVES.names() == ["lagrangian", "log_barrier", "penalty", "proposal"]
     assert dict(CONSTRAINTS.get("centroid").inputs) == {"bounds": "centroid_bounds"}
     assert not CONSTRAINTS.get("centroid").affine and CONSTRAINTS.get("box").affine
@@ -180,6 +181,10 @@ def test_new_form_equals_the_old_alias(alias, params, family, objective):
     assert str(old.state_dict()) == str(new.state_dict())
 
 
+#: Parameters a family cannot do without (the knowledge priors' pairs of classes).
+REQUIRED = {"relative_size": {"pairs": [[1, 2, 0.5, 2.0], [2, 0, 0.01, 5.0]]}}
+
+
 @pytest.mark.parametrize("method", OBJECTIVES.names())
 @pytest.mark.parametrize("family", CONSTRAINTS.names())
 @pytest.mark.parametrize("shape", [(2, 3, 6, 5), (2, 3, 4, 5, 3)])
@@ -194,9 +199,10 @@ def test_contract_every_family_with_every_objective(family, method, shape):
     batch = {"bounds": torch.stack([0.5 * sizes, 1.5 * sizes], -1), "tags": sizes > 0,
              "boxes": onehot, "centroid_bounds": free.clone(), "index": torch.arange(2)}
     batch["centroid_bounds"][:, 1, 0] = torch.tensor([1.0, 2.0])
-    loss = ConstraintLoss(family, method, num_classes=shape[1])
+    loss = ConstraintLoss({"family": family, **REQUIRED.get(family, {})}, method,
+                          num_classes=shape[1])
     logits = torch.randn(shape, generator=gen, requires_grad=True)
-    value = loss(logits, **{k: batch[k] for k in loss.inputs})
+    value = loss(logits, **{k: batch[k] for k in (*loss.inputs, *loss.optional_inputs)})
     assert value.ndim == 0 and torch.isfinite(value)
     value.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()

@@ -113,7 +113,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         volumes = [v for v in volumes if v.label is not None]
     metrics = evaluate_volumes(model, volumes, list(ckpt["class_names"]), device=device,
-                               tta=args.tta, progress=not args.quiet, **checkpoint_geometry(ckpt))
+                               tta=args.tta, progress=not args.quiet,
+                               keep_largest=args.largest_component, **checkpoint_geometry(ckpt))
     metrics.write_csv(out)
     print(metrics.format_table())
     print(f"per-volume metrics of {len(volumes)} volumes written to {out}")
@@ -126,7 +127,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from weakseg.data.folders import check_prediction_targets, read_images, write_prediction
     from weakseg.engine.device import resolve_device
-    from weakseg.engine.inference import checkpoint_geometry, predict_probabilities
+    from weakseg.engine.inference import (
+        checkpoint_geometry,
+        largest_component,
+        predict_probabilities,
+    )
     from weakseg.engine.trainer import load_model_from_checkpoint
 
     out = check_output_folder(args.output, "--output")
@@ -152,6 +157,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             probs = predict_probabilities(model, vol, device=device, tta=args.tta,
                                           **checkpoint_geometry(ckpt))
             pred = probs.argmax(axis=0).astype(np.uint8)
+            if args.largest_component:
+                pred = largest_component(pred)
             written += write_prediction(vol, pred, out,
                                         probs if args.probabilities else None)
     except KeyboardInterrupt:
@@ -235,6 +242,9 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
                    help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the softmax over the 4 flips")
+    p.add_argument("--largest-component", action="store_true",
+                   help="keep only the largest connected component (3D, face neighbours) of "
+                        "every foreground class in the label map; the rest becomes background")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,10 +1,11 @@
-r"""Constraints and how they are optimised (METHODS.md C3-C7, C11).
+r"""Constraints and how they are optimised (METHODS.md C3-C7, C11, C14).
 
 Two registries keep *what is constrained* apart from *how it is optimised*:
 
 * :data:`CONSTRAINTS` (:mod:`weakseg.constrain.families`): constraint families as pure
   functions of the logits returning named constraint values ``g <= 0`` — ``size``,
-  ``tags``, ``box``, ``centroid``;
+  ``tags``, ``box``, ``centroid``, and the knowledge priors of
+  :mod:`weakseg.constrain.knowledge` (C14): ``relative_size``, ``one_component``;
 * :data:`OBJECTIVES` (:mod:`weakseg.constrain.objectives`): ``penalty``, ``log_barrier``
   (with its ``t`` schedule), ``lagrangian`` (multipliers shared or per image) and
   ``proposal`` (Pathak), each owning its settings and its checkpointed state.
@@ -41,6 +42,11 @@ from weakseg.constrain.families import (
     tag_constraints,
     violation_stats,
 )
+from weakseg.constrain.knowledge import (
+    largest_components,
+    one_component_constraints,
+    relative_size_constraints,
+)
 from weakseg.constrain.lagrangian import LagrangianMultipliers, Proposal, pathak_proposal
 from weakseg.constrain.methods import METHODS, ConstraintObjective, apply
 from weakseg.constrain.objectives import OBJECTIVES, Objective
@@ -70,11 +76,14 @@ __all__ = [
     "box_constraints",
     "box_emptiness_ce",
     "centroid_constraints",
+    "largest_components",
     "log_barrier_extension",
+    "one_component_constraints",
     "pathak_proposal",
     "quadratic_penalty",
     "reduce_objective",
     "register_constraint",
+    "relative_size_constraints",
     "size_constraints",
     "soft_size",
     "tag_constraints",

@@ -120,13 +120,24 @@ class ConstraintFamily:
     """``surrogate(logits, **inputs, **its params)`` → ``{constraint name: loss}``: a per-pixel
     loss that replaces the named constraints (then only reported in the logs); ``{}`` when
     its parameters do not ask for it."""
+    optional: Mapping[str, str] = field(default_factory=dict)
+    """Argument name of ``fn`` → a batch key passed when the batch has it, left out otherwise
+    (e.g. ``tags``, which switch off the constraints of absent classes)."""
+    injected: tuple[str, ...] = ()
+    """Keyword parameters of ``fn`` the loss fills from the data (``class_names``), never
+    given in a config; :attr:`validate` sees them too (``None`` where unknown)."""
+    multipliers: Callable[[Mapping[str, Any]], Mapping[str, tuple[int, ...]]] | None = None
+    """``multipliers(params)`` → the shape of one set of Lagrange multipliers per constraint
+    name, for constraints that are not one per class (e.g. one per pair of classes); by
+    default ``(num_classes, *parts[name])``."""
 
     def parameters(self) -> list[str]:
         """The keyword parameters a config may give (``fn``'s and the surrogate's, and the
         inputs that can be fixed)."""
-        names = [n for n in _keywords(self.fn) if n not in self.inputs]
+        skip = {*self.inputs, *self.optional, *self.injected}
+        names = [n for n in _keywords(self.fn) if n not in skip]
         if self.surrogate is not None:
-            names += [n for n in _keywords(self.surrogate) if n not in self.inputs]
+            names += [n for n in _keywords(self.surrogate) if n not in skip]
         return [*self.fixed, *names]
 
     def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -169,11 +180,15 @@ def register_constraint(
     fixed: Mapping[str, FixedInput] | None = None,
     validate: Callable[[Mapping[str, Any]], None] | None = None,
     surrogate: Callable[..., dict[str, torch.Tensor]] | None = None,
+    optional: Mapping[str, str] | None = None,
+    injected: Sequence[str] = (),
+    multipliers: Callable[[Mapping[str, Any]], Mapping[str, tuple[int, ...]]] | None = None,
     help: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a pure constraint function as family ``name`` (returns it unchanged).
 
-    ``parts`` defaults to one constraint named ``name`` with one multiplier per class.
+    ``parts`` defaults to one constraint named ``name`` with one multiplier per class. The
+    other keywords are the fields of :class:`ConstraintFamily`.
 
     Example:
         >>> @register_constraint("example_upper", inputs={})     # doctest: +SKIP
@@ -187,7 +202,7 @@ def register_constraint(
         family = ConstraintFamily(
             name, fn, dict(inputs), dict(parts or {name: ()}), affine,
             tolerance or (lambda logits: half_pixel(logits)), dict(fixed or {}), validate,
-            surrogate,
+            surrogate, dict(optional or {}), tuple(injected), multipliers,
         )
         CONSTRAINTS.register(name, help=help or (doc[0] if doc else name))(family)
         return fn

@@ -6,11 +6,15 @@ training ``spacing`` (``data.spacing``) each slice is resampled to that spacing 
 with Gaussian weighting (MONAI's ``sliding_window_inference``, overlap 0.5). Either way the
 softmax is resized back (bilinear) to the slice's own grid, and the arg-max is the label
 map. With ``tta`` the softmax is averaged over the four flips of the slice (none, vertical,
-horizontal, both), each flipped back before averaging.
+horizontal, both), each flipped back before averaging. With ``keep_largest`` (``weakseg
+predict`` / ``evaluate --largest-component``) the label map keeps only the largest connected
+component of every foreground class (:func:`largest_component`; the knowledge prior of
+METHODS.md C14 as post-processing).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 
 import numpy as np
@@ -18,11 +22,13 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from weakseg.constrain.knowledge import largest_components
 from weakseg.data.base import Volume
 from weakseg.data.intensity import Normalization
 from weakseg.data.slices import in_plane_spacing, resize_image, spacing_shape, volume_to_input
 
-__all__ = ["FLIPS", "checkpoint_geometry", "predict_probabilities", "predict_volume"]
+__all__ = ["FLIPS", "checkpoint_geometry", "largest_component", "predict_probabilities",
+           "predict_volume"]
 
 #: Test-time augmentation: the in-plane axes of a ``(B, C, [D,] H, W)`` batch flipped in turn.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
@@ -102,8 +108,53 @@ def predict_probabilities(
 
 
 @torch.no_grad()
-def predict_volume(model: nn.Module, volume: Volume, **options: Any) -> np.ndarray:
+def predict_volume(
+    model: nn.Module, volume: Volume, *, keep_largest: bool = False, **options: Any
+) -> np.ndarray:
     """Predict a ``(Z, H, W)`` uint8 class map for ``volume``: the arg-max of
     :func:`predict_probabilities` with the same ``options`` (``size``, ``device``, ``tta``,
-    the geometry of :func:`checkpoint_geometry`, ...)."""
-    return predict_probabilities(model, volume, **options).argmax(axis=0).astype(np.uint8)
+    the geometry of :func:`checkpoint_geometry`, ...); with ``keep_largest`` only the
+    largest 3D connected component of every foreground class is kept
+    (:func:`largest_component`)."""
+    pred = predict_probabilities(model, volume, **options).argmax(axis=0).astype(np.uint8)
+    return largest_component(pred) if keep_largest else pred
+
+
+def largest_component(
+    labels: np.ndarray, classes: Iterable[int] | None = None, *, connectivity: int = 1,
+    background: int = 0,
+) -> np.ndarray:
+    """Keep the largest connected component of each class of a label map; the pixels of its
+    other components become ``background``.
+
+    The post-processing form of the one-component prior (METHODS.md C14; the constraint
+    form is :func:`weakseg.constrain.knowledge.one_component_constraints`), as in nnU-Net's
+    "keep the largest component". Components span the whole array: a ``(Z, H, W)`` volume
+    is analysed in 3D.
+
+    Args:
+        labels: integer label map, 1-3 axes (not modified).
+        classes: the classes to clean; default every class present but ``background``.
+        connectivity: 1 (faces: 4-neighbours in 2D, 6 in 3D) up to ``labels.ndim``.
+        background: the label given to the removed pixels.
+
+    Returns:
+        A new label map of the same shape and dtype.
+
+    Example:
+        >>> largest_component(np.array([[1, 1, 0, 1, 2]])).tolist()
+        [[1, 1, 0, 0, 2]]
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or not 1 <= labels.ndim <= 3:
+        raise ValueError(f"labels must be an integer label map with 1-3 axes, got "
+                         f"{labels.dtype} {labels.shape}")
+    chosen = ([int(k) for k in np.unique(labels) if k != background] if classes is None
+              else [int(k) for k in classes])
+    out = labels.copy()
+    if not chosen:
+        return out
+    masks = labels[None] == np.asarray(chosen).reshape(-1, *[1] * labels.ndim)
+    keep = largest_components(masks, connectivity=connectivity)
+    out[(masks & ~keep).any(axis=0)] = background
+    return out

@@ -273,8 +273,8 @@ def _spec(value: str | Mapping[str, Any], key: str, what: str) -> tuple[str, dic
 
 
 @LOSSES.register("constraint", help="a constraint family (constraint: {family: size | tags | "
-                 "box | centroid}) optimised by an objective (objective: {method: penalty | "
-                 "log_barrier | lagrangian | proposal})")
+                 "box | centroid | relative_size | one_component}) optimised by an objective "
+                 "(objective: {method: penalty | log_barrier | lagrangian | proposal})")
 class ConstraintLoss(nn.Module):
     """A constraint family optimised by an objective, as one loss term.
 
@@ -288,9 +288,14 @@ class ConstraintLoss(nn.Module):
             ``dual_lr``, ``per_image``, ``iterations``).
         num_classes: injected by the recipe from the data: one Lagrange multiplier per class
             (without it, one shared by the classes).
+        class_names: injected by the recipe from the data, for the families that name
+            classes (``relative_size``, ``one_component``): a class named in their
+            parameters must be one of them.
 
     :attr:`inputs` are the batch entries read (the family's, unless fixed, and the
-    objective's, e.g. ``index`` for per-image multipliers); :attr:`label` (the family name)
+    objective's, e.g. ``index`` for per-image multipliers), :attr:`optional_inputs` those
+    read only when the batch has them (``tags`` for ``relative_size``); :attr:`label` (the
+    family name)
     names the term in the logs. After every forward :attr:`last_stats` holds (detached, no
     host sync) ``"violated"``, the fraction of the active optimised constraints violated by
     more than the family's tolerance (half a pixel), with ``"<name>_violated"`` per
@@ -307,6 +312,7 @@ class ConstraintLoss(nn.Module):
     """
 
     inputs: tuple[str, ...]
+    optional_inputs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -314,6 +320,7 @@ class ConstraintLoss(nn.Module):
         objective: str | Mapping[str, Any] = "log_barrier",
         *,
         num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         name, params = _spec(constraint, "family", "constraint")
@@ -327,8 +334,14 @@ class ConstraintLoss(nn.Module):
         for arg in list(fn_params):
             if arg in family.fixed:  # an input given in the config: not read from the batch
                 fixed[arg] = family.fixed[arg].convert(fn_params.pop(arg), fn_params)
+        names = None if class_names is None else [str(n) for n in class_names]
+        if names is not None and num_classes is not None and len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names {names} for {num_classes} classes")
+        data: dict[str, Any] = {"class_names": names, "num_classes": num_classes}
+        injected = {arg: data.get(arg) for arg in family.injected}
         if family.validate is not None:
-            family.validate(params)
+            family.validate({**params, **injected})
+        fn_params.update(injected)
         self.params = fn_params
         if objective_cls.needs_affine and not family.affine:
             raise ValueError(f"objective '{method}' needs constraints affine in the "
@@ -337,8 +350,11 @@ class ConstraintLoss(nn.Module):
         if "parts" in settings:
             raise WeaksegError(f"objective '{method}': 'parts' is set by the constraint")
         check_kwargs(objective_cls, settings, f"objective '{method}'")
-        parts = {part: () if num_classes is None else (num_classes, *tail)
-                 for part, tail in family.parts.items()}
+        if family.multipliers is not None:
+            parts = dict(family.multipliers(fn_params))
+        else:
+            parts = {part: () if num_classes is None else (num_classes, *tail)
+                     for part, tail in family.parts.items()}
         self.objective: Objective = objective_cls(parts=parts, **settings)
         self.method = method
         self.num_classes = num_classes
@@ -347,6 +363,7 @@ class ConstraintLoss(nn.Module):
             self.register_buffer(f"fixed_{arg}", tensor, persistent=False)
         self.inputs = (*(key for arg, key in family.inputs.items() if arg not in fixed),
                        *self.objective.inputs)
+        self.optional_inputs = tuple(family.optional.values())
         self.last_stats: dict[str, torch.Tensor] = {}
 
     def _evaluate(
@@ -374,6 +391,9 @@ class ConstraintLoss(nn.Module):
                 raise ValueError(f"constraint '{self.label}' needs the batch entry '{key}' "
                                  f"(or fixed {arg} in its parameters)")
             else:
+                inputs[arg] = entries[key]
+        for arg, key in family.optional.items():
+            if entries.get(key) is not None:
                 inputs[arg] = entries[key]
         index = entries.get("index")
         constraints = family.evaluate(logits, inputs, self.params)

@@ -9,9 +9,12 @@ in :attr:`LossRecipe.last_stats` after every call.
 
 Values the data knows are injected when the terms are built, never repeated in a config:
 ``LossRecipe(terms, num_classes=4)`` passes ``num_classes`` to every loss that takes it (the
-constraint losses: one Lagrange multiplier per class); a config that sets it anyway must
+constraint losses: one Lagrange multiplier per class), ``class_names`` likewise (the
+constraint families that name classes); a config that sets it anyway must
 agree with the data. A term is named in ``parts`` and the logs by its loss's ``label`` when
 it has one (a constraint loss: its family, e.g. ``size``), else by its registered name.
+Batch entries a loss reads only when they exist (its ``optional_inputs``, e.g. the ``tags``
+of the ``relative_size`` constraint) are passed when the batch has them.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ class LossRecipe(nn.Module):
             missing = [k for k in inputs if k not in batch]
             if missing:
                 raise WeaksegError(f"loss '{term.name}' needs batch entries {missing}")
-            value = loss(logits, **{k: batch[k] for k in inputs})
+            optional = getattr(loss, "optional_inputs", ())  # passed when the batch has them
+            value = loss(logits, **{k: batch[k] for k in (*inputs, *optional) if k in batch})
             parts[name] = value.detach()
             for key, stat in (getattr(loss, "last_stats", None) or {}).items():
                 stats[f"{name}_{key}"] = stat.detach()
