@@ -17,6 +17,7 @@ from weakseg.losses import (
     CEDiceLoss,
     PartialCrossEntropyLoss,
     ce_dice_loss,
+    entropy_loss,
     partial_cross_entropy,
     soft_dice_loss,
 )
@@ -238,3 +239,25 @@ def test_recipe_unknown_loss_and_param():
         LossRecipe([LossTerm("partial_cee")])
     with pytest.raises(WeaksegError, match="did you mean 'ignore_index'"):
         LossRecipe([LossTerm("partial_ce", params={"ignore_idx": 3})])
+
+
+def test_each_term_sees_the_rows_of_its_domain():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4, 6, 6, generator=gen)
+    target = torch.randint(0, 4, (5, 6, 6), generator=gen)
+    target[3:] = -100  # target rows unlabelled
+    recipe = LossRecipe([LossTerm("partial_ce"), LossTerm("entropy", domain="target"),
+                         LossTerm("entropy", 0.5, domain="both")])
+    assert recipe.names == ["partial_ce", "entropy_target", "entropy"]
+    domains = {"source": slice(0, 3), "target": slice(3, 5)}
+    total, parts = recipe(logits, {"target": target}, domains=domains)
+    ref = {"partial_ce": partial_cross_entropy(logits[:3], target[:3]),
+           "entropy_target": entropy_loss(logits[3:], target[3:]),
+           "entropy": entropy_loss(logits, target)}
+    for name, value in ref.items():
+        assert torch.allclose(parts[name], value), name
+    assert torch.allclose(total, ref["partial_ce"] + ref["entropy_target"] + 0.5 * ref["entropy"])
+    # without domains (one data set: validation statistics, the config checks) every term
+    # sees every row
+    _, whole = recipe(logits, {"target": target})
+    assert torch.allclose(whole["entropy_target"], entropy_loss(logits, target))

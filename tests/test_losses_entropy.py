@@ -10,6 +10,7 @@ import torch
 from torch.distributions import Categorical
 
 from weakseg.data.base import IGNORE_INDEX
+from weakseg.errors import WeaksegError
 from weakseg.losses.base import LOSSES
 from weakseg.losses.entropy import (
     EntropyLoss,
@@ -19,7 +20,9 @@ from weakseg.losses.entropy import (
     entropy_loss,
     marginal_prior_loss,
     mutual_information_loss,
+    named_prior,
 )
+from weakseg.losses.recipe import LossRecipe, LossTerm
 
 SHAPES = [(2, 3, 6, 5), (2, 3, 4, 5, 3)]  # 2D and 3D
 
@@ -344,3 +347,32 @@ def test_common_errors():
             MutualInformationLoss(marginal_weight=bad)
     with pytest.raises(ValueError, match="logits"):
         mutual_information_loss(torch.randn(2, 3))
+
+
+CLASSES = ["background", "RV", "Myo", "LV"]
+
+
+def test_named_prior_gives_the_remainder_to_the_classes_left_out():
+    assert named_prior({"RV": 0.1, "LV": 0.2}, CLASSES) == pytest.approx([0.35, 0.1, 0.35, 0.2])
+    assert named_prior({"RV": 0.1, "Myo": 0.2, "LV": 0.3}, CLASSES) == pytest.approx(
+        [0.4, 0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="names class 'rv'.*did you mean 'RV'"):
+        named_prior({"rv": 0.1}, CLASSES)
+    with pytest.raises(ValueError, match="must sum to ≤ 1, got sum 1.1"):
+        named_prior({"RV": 0.5, "LV": 0.6}, CLASSES)
+    with pytest.raises(ValueError, match="names every class, so its proportions must sum to 1"):
+        named_prior({"background": 0.5, "RV": 0.1, "Myo": 0.1, "LV": 0.1}, CLASSES)
+    with pytest.raises(ValueError, match="prior of class 'RV' must be a finite number"):
+        named_prior({"RV": -0.1}, CLASSES)
+
+
+def test_marginal_prior_takes_class_names_from_the_recipe():
+    term = LossTerm("marginal_prior", params={"prior": {"RV": 0.1, "Myo": 0.1, "LV": 0.1}})
+    recipe = LossRecipe([term], num_classes=4, class_names=CLASSES)
+    assert recipe.losses[0].prior.tolist() == pytest.approx([0.7, 0.1, 0.1, 0.1])
+    with pytest.raises(WeaksegError, match="prior has 3 values but the data has 4 classes"):
+        LossRecipe([LossTerm("marginal_prior", params={"prior": [0.5, 0.3, 0.2]})],
+                   class_names=CLASSES)
+    unresolved = MarginalPriorLoss(prior={"RV": 0.1})  # only checked without class names
+    with pytest.raises(ValueError, match="build the loss with class_names"):
+        unresolved(torch.zeros(1, 4, 4, 4))

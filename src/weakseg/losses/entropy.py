@@ -35,7 +35,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from torch import nn
 from weakseg.data.base import IGNORE_INDEX
 from weakseg.losses._utils import check_logits_target, check_reduction, reduce
 from weakseg.losses.base import LOSSES
+from weakseg.registry import did_you_mean
 
 __all__ = [
     "EntropyLoss",
@@ -50,6 +51,7 @@ __all__ = [
     "MutualInformationLoss",
     "check_prior",
     "entropy_loss",
+    "named_prior",
     "marginal_prior_loss",
     "mutual_information_loss",
 ]
@@ -280,14 +282,15 @@ class MutualInformationLoss(nn.Module):
 
 
 def check_prior(
-    prior: Sequence[float] | torch.Tensor, *, distance: str = "kl"
+    prior: Sequence[float] | torch.Tensor, *, distance: str = "kl",
+    class_names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Validate class proportions ``q`` and return them as a float64 ``(C,)`` tensor.
 
     ``q`` must be one-dimensional with at least 2 finite, non-negative entries summing to
     1 within ``1e-3`` (it is then renormalised to sum to 1 exactly); for ``distance="kl"``
     every entry must be positive (``KL(Ŝ ‖ q)`` is infinite where ``q_c = 0`` since
-    ``Ŝ_c > 0``).
+    ``Ŝ_c > 0``). With ``class_names``, ``q`` must have one entry per class.
 
     Example:
         >>> check_prior([0.9, 0.1])
@@ -300,6 +303,12 @@ def check_prior(
     if q.ndim != 1 or q.numel() < 2:
         raise ValueError(
             f"prior must be a 1D sequence of C ≥ 2 class proportions, got shape {tuple(q.shape)}"
+        )
+    if class_names is not None and q.numel() != len(class_names):
+        raise ValueError(
+            f"prior has {q.numel()} values but the data has {len(class_names)} classes "
+            f"({', '.join(class_names)}); give one proportion per class, or name them: "
+            "{RV: 0.02, ...}"
         )
     if not torch.isfinite(q).all() or (q < 0).any():
         raise ValueError(f"prior must be finite and non-negative, got {q.tolist()}")
@@ -314,6 +323,46 @@ def check_prior(
             "positive proportion or use distance='l2' / 'hinge'"
         )
     return q / total
+
+
+def _check_named(prior: Mapping[str, float]) -> float:
+    """The numbers of a prior by class name: finite, ≥ 0, summing to ≤ 1; returns the sum."""
+    for name, value in prior.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(f"prior of class '{name}' must be a finite number ≥ 0, got {value!r}")
+    total = float(sum(prior.values()))
+    if total > 1.0 + PRIOR_TOLERANCE:
+        raise ValueError(f"prior proportions must sum to ≤ 1, got sum {total:.6g} for "
+                         f"{dict(prior)}")
+    return total
+
+
+def named_prior(prior: Mapping[str, float], class_names: Sequence[str]) -> list[float]:
+    """Class proportions given by class name → one value per class of ``class_names``.
+
+    The named proportions must sum to ≤ 1; the classes left out share the remainder equally
+    (typically only the background is left out: ``{RV: 0.02, Myo: 0.03, LV: 0.03}``).
+    Naming every class needs a sum of 1 (within ``1e-3``).
+
+    Example:
+        >>> named_prior({"fg": 0.2}, ["background", "fg"])
+        [0.8, 0.2]
+    """
+    total = _check_named(prior)
+    for name in prior:
+        if name not in class_names:
+            same = [c for c in class_names if c.lower() == str(name).lower()]
+            hint = f" (did you mean '{same[0]}'?)" if same else did_you_mean(str(name),
+                                                                              list(class_names))
+            raise ValueError(f"prior names class '{name}', which the data does not have{hint}; "
+                             f"classes: {', '.join(class_names)}")
+    rest = [c for c in class_names if c not in prior]
+    if not rest and abs(total - 1.0) > PRIOR_TOLERANCE:
+        raise ValueError(f"prior names every class, so its proportions must sum to 1, got sum "
+                         f"{total:.6g}; leave the background out to give it the remainder")
+    share = max(1.0 - total, 0.0) / max(len(rest), 1)
+    return [float(prior[c]) if c in prior else share for c in class_names]
 
 
 def _check_margin(margin: float, distance: str) -> None:
@@ -398,7 +447,15 @@ def _marginal_prior(
 class MarginalPriorLoss(nn.Module):
     """Module form of :func:`marginal_prior_loss`; the prior is a buffer (saved with the
     state dict, moved with ``.to()``). ``prior=None`` (uniform) only exists so the loss can
-    be built without parameters: give the real class proportions."""
+    be built without parameters: give the real class proportions.
+
+    ``prior`` is ``C`` numbers summing to 1, or a mapping class name → proportion (summing
+    to ≤ 1, the classes left out share the remainder: :func:`named_prior`), which needs
+    ``class_names`` (a loss recipe passes the data's). Built without them, a named prior is
+    only checked (numbers, sum) and the loss cannot be called. (``prior: from_init`` in a
+    config is replaced by the class fractions of the ``train.init`` checkpoint before the
+    loss is built: :mod:`weakseg.adapt`.)
+    """
 
     inputs: tuple[str, ...] = ()
     prior: torch.Tensor | None
@@ -406,7 +463,8 @@ class MarginalPriorLoss(nn.Module):
     def __init__(
         self,
         *,
-        prior: Sequence[float] | torch.Tensor | None = None,
+        prior: Sequence[float] | Mapping[str, float] | torch.Tensor | None = None,
+        class_names: Sequence[str] | None = None,
         distance: str = "kl",
         margin: float = 0.0,
         reduction: str = "mean",
@@ -415,13 +473,24 @@ class MarginalPriorLoss(nn.Module):
         check_reduction(reduction)
         _check_choice("distance", distance, DISTANCES)
         _check_margin(margin, distance)
-        q = None if prior is None else check_prior(prior, distance=distance)
+        self.unresolved: dict[str, float] | None = None  # named, without class names
+        if isinstance(prior, Mapping):
+            if class_names is None:
+                _check_named(prior)
+                self.unresolved, prior = dict(prior), None
+            else:
+                prior = named_prior(prior, class_names)
+        q = None if prior is None else check_prior(prior, distance=distance,
+                                                   class_names=class_names)
         self.register_buffer("prior", q)
         self.distance = distance
         self.margin = margin
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.unresolved is not None:
+            raise ValueError(f"prior {self.unresolved} is given by class name: build the loss "
+                             "with class_names")
         # the buffer was validated at construction: skip the (host-syncing) checks
         return _marginal_prior(logits, self.prior, self.distance, self.margin, self.reduction)
 

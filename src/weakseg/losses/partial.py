@@ -73,6 +73,8 @@ class PartialCrossEntropyLoss(nn.Module):
     """Module form of :func:`partial_cross_entropy` (stores hyper-parameters only)."""
 
     inputs = ("target",)
+    #: learns from labelled pixels: refused on a data set without any (annotation none)
+    needs_labels = True
 
     def __init__(self, *, ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> None:
         super().__init__()

@@ -15,12 +15,18 @@ agree with the data. A term is named in ``parts`` and the logs by its loss's ``l
 it has one (a constraint loss: its family, e.g. ``size``), else by its registered name.
 Batch entries a loss reads only when they exist (its ``optional_inputs``, e.g. the ``tags``
 of the ``relative_size`` constraint) are passed when the batch has them.
+
+Domains (:mod:`weakseg.adapt`): each term has a ``domain`` (``source``, ``target`` or
+``both``); ``recipe(logits, batch, domains={"source": rows, "target": rows})`` gives each
+term the rows of its domain (``both``: all of them). Without ``domains`` every term sees
+the whole batch. Terms on the target are named ``<name>_target``.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +41,14 @@ __all__ = ["LossRecipe", "LossTerm"]
 
 @dataclass
 class LossTerm:
-    """One term: a registered loss ``name``, its ``weight`` and its ``params``."""
+    """One term: a registered loss ``name``, its ``weight``, its ``params`` and the
+    ``domain`` whose samples it sees (``source``: the ``data:`` set, the default;
+    ``target``: ``data.target``; ``both``)."""
 
     name: str
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    domain: str = "source"
 
     def __post_init__(self) -> None:
         w = self.weight
@@ -79,6 +88,7 @@ class LossRecipe(nn.Module):
         names: list[str] = []
         for t, loss in zip(terms, self.losses, strict=True):
             base = str(getattr(loss, "label", None) or t.name)
+            base += "_target" if t.domain == "target" else ""
             name = base
             k = 1
             while name in names:
@@ -91,8 +101,11 @@ class LossRecipe(nn.Module):
         self.last_stats: dict[str, torch.Tensor] = {}
 
     def forward(
-        self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+        domains: Mapping[str, slice] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, parts)`` of ``logits`` ``(B, C, *spatial)`` and the per-sample
+        ``batch`` entries; ``domains`` maps ``source`` / ``target`` to their rows."""
         total = logits.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
@@ -102,7 +115,12 @@ class LossRecipe(nn.Module):
             if missing:
                 raise WeaksegError(f"loss '{term.name}' needs batch entries {missing}")
             optional = getattr(loss, "optional_inputs", ())  # passed when the batch has them
-            value = loss(logits, **{k: batch[k] for k in (*inputs, *optional) if k in batch})
+            keys = [k for k in (*inputs, *optional) if k in batch]
+            if domains is None or term.domain == "both":
+                value = loss(logits, **{k: batch[k] for k in keys})
+            else:  # the rows of the term's domain
+                rows = domains[term.domain]
+                value = loss(logits[rows], **{k: batch[k][rows] for k in keys})
             parts[name] = value.detach()
             for key, stat in (getattr(loss, "last_stats", None) or {}).items():
                 stats[f"{name}_{key}"] = stat.detach()

@@ -84,6 +84,8 @@ class CEDiceLoss(nn.Module):
     """Module form of :func:`ce_dice_loss`."""
 
     inputs = ("target",)
+    #: learns from labelled pixels: refused on a data set without any (annotation none)
+    needs_labels = True
 
     def __init__(
         self,
