@@ -257,6 +257,37 @@ TRAIN_CASES = {
     "loss needs a prior": (_train("loss.0.name=tags"), "add data.priors: [tags]"),
     "size bounds for the wrong number of classes": (
         _train(config="{IN}/bounds.yaml"), "does not fit the data: constraint 'size'"),
+    "target classes differ": (
+        _train("data.val=", "data.target.name=nifti", "data.target.root={IN}/nn_3classes",
+               "data.target.val=3"), "source and target must share one class set"),
+    "target key unknown": (_train("data.val=", "data.target.name=phantom",
+                                  "data.target.anotation=none"),
+                           "'data.target.anotation' (did you mean 'annotation'?)"),
+    "target without a name": (_train("data.val=", "data.target.val=3"),
+                              "data.target needs a 'name'"),
+    "partial_ce on an unlabelled target": (
+        _train("data.val=", "data.target.name=phantom", "data.target.train=0-1",
+               "loss.0.domain=target"), "learns from labels, but data.target.annotation is none"),
+    "target term without a target block": (_train("loss.0.domain=target"),
+                                           "needs a data.target block"),
+    "loss domain typo": (_train("loss.0.domain=targte"), "did you mean 'target'"),
+    "source val with a target": (_train("data.target.name=phantom", "data.target.val=3"),
+                                 "data.val='4' is set, but with data.target"),
+    "prior sums above one": (_train("loss.0.name=marginal_prior",
+                                    "loss.0.params.prior={RV: 0.7, LV: 0.6}"), "must sum to ≤ 1"),
+    "prior of the wrong length": (_train("loss.0.name=marginal_prior",
+                                         "loss.0.params.prior=[0.5, 0.5]"),
+                                  "prior has 2 values but the data has 4 classes"),
+    "prior names an unknown class": (_train("loss.0.name=marginal_prior",
+                                            "loss.0.params.prior={rv: 0.1}"),
+                                     "names class 'rv', which the data does not have (did you "
+                                     "mean 'RV'?)"),
+    "prior from_init without train.init": (
+        _train("loss.0.name=marginal_prior", "loss.0.params.prior=from_init"),
+        "train.init is unset"),
+    "prior from_init of a run without full labels": (
+        _train("loss.0.name=marginal_prior", "loss.0.params.prior=from_init",
+               "train.init={CKPT}"), "stores no class fractions"),
     "out is an existing file": (["train", "--config", "{CFG}", "--out", "{CFG}"],
                                 "is an existing file"),
     "out already holds a run": (["train", "--config", "{CFG}", "--out", "{IN}/run"],

@@ -10,6 +10,17 @@ mean" suggestion)::
       - {name: partial_ce, weight: 1.0}
     train: {epochs: 20, batch_size: 8, lr: 0.001, seed: 0}
 
+A second data set to adapt to goes in ``data.target`` and each loss term says which
+domain it trains on (``domain: source | target | both``, default ``source``)::
+
+    data:  {name: acdc_h5, root: ../shared/data/acdc, annotation: full, train: "21-100",
+            spacing: [2.0, 2.0],
+            target: {name: nifti_pairs, params: {...}, annotation: none,
+                     train: split:train, val: split:val}}
+    loss:
+      - {name: ce_dice}                                  # source (the default)
+      - {name: entropy, weight: 0.01, domain: target}
+
 Overrides use dotted keys: ``--set train.epochs=5 loss.0.weight=0.5``; values
 are parsed as YAML scalars. The resolved config is saved with every run.
 """
@@ -25,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from weakseg.adapt import DOMAINS, INIT_PRIOR, init_prior_terms, with_init_prior
 from weakseg.annotate import ANNOTATORS
 from weakseg.data import DATASETS
 from weakseg.errors import WeaksegError
@@ -36,6 +48,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
+    "TargetConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -45,7 +58,9 @@ __all__ = [
 
 def _field(default: Any, **rules: Any) -> Any:
     """A dataclass field with validation rules read by :func:`_check_rules`:
-    ``ge``/``gt``/``le``/``lt`` (bounds), ``multiple_of``, ``choices``."""
+    ``ge``/``gt``/``le``/``lt`` (bounds), ``multiple_of``, ``choices``; and how
+    :func:`_section` reads it: ``selection`` (a list becomes ``"a,b"``), ``spacing``,
+    ``section`` (a nested section of that dataclass, or null)."""
     return field(default=default, metadata=rules)
 
 
@@ -55,6 +70,32 @@ class ModelConfig:
 
     name: str = "unet2d"
     params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TargetConfig:
+    """``data.target``: a second data set, the domain to adapt to (e.g. another scanner).
+
+    The same keys as the data-set part of :class:`DataConfig` (``name``, ``root``,
+    ``params``, ``annotation`` — ``none`` by default: unlabelled target images —,
+    ``annotation_params``, ``annotation_seed``, ``train``, ``val``, ``test``); the geometry
+    and intensities follow ``data`` (``size``, ``spacing``, ``crop``, ``patch_depth``,
+    ``normalization``), and its classes must be the source's. ``train`` selects the images
+    the ``domain: target | both`` loss terms train on (unset when no term does, e.g. a
+    source-only baseline validated on the target); ``val`` chooses the model (the domain
+    the run adapts to) and ``test`` is reported at the end, both instead of ``data.val`` /
+    ``data.test``.
+    """
+
+    name: str | None = None
+    root: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    annotation: str = "none"
+    annotation_params: dict[str, Any] = field(default_factory=dict)
+    annotation_seed: int = _field(0, ge=0)
+    train: str | None = _field(None, selection=True)
+    val: str | None = _field(None, selection=True)
+    test: str | None = _field(None, selection=True)
 
 
 @dataclass
@@ -85,6 +126,9 @@ class DataConfig:
     ``zscore`` or ``ct`` (:mod:`weakseg.data.intensity`).
     ``patch_depth``: 3D models (``unet3d``) train on windows of this many slices (padded
     when a volume has fewer) and predict by 3D sliding windows of that depth.
+    ``target``: a second data set to adapt to (:class:`TargetConfig`); validation and model
+    selection then use its ``val`` selection, and ``data.val`` / ``data.test`` / ``data.fold``
+    must be unset. ``spacing: median`` is the median of the source training volumes.
     """
 
     name: str = "phantom"
@@ -104,6 +148,7 @@ class DataConfig:
     fold: int | None = _field(None, ge=0)
     num_folds: int = _field(5, ge=2)
     priors: list[str] = field(default_factory=list)
+    target: TargetConfig | None = _field(None, section=TargetConfig)
 
 
 @dataclass
@@ -240,6 +285,10 @@ def _section(name: str, cls: type, raw: Any) -> Any:
         if f.metadata.get("spacing"):
             kwargs[key] = _spacing(f"{name}.{key}", value)
             continue
+        if f.metadata.get("section"):
+            kwargs[key] = None if value is None else _section(f"{name}.{key}",
+                                                              f.metadata["section"], value)
+            continue
         kwargs[key] = _coerce(name, key, value, f.default, str(f.type))
         _check_rules(f"{name}.{key}", kwargs[key], dict(f.metadata))
     return cls(**kwargs)
@@ -258,11 +307,14 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     for i, term in enumerate(loss_raw):
         if not isinstance(term, dict) or "name" not in term:
             raise WeaksegError(f"config 'loss.{i}' must be a mapping with a 'name', got {term!r}")
-        _check_keys(f"loss.{i}", term, ["name", "weight", "params"])
+        _check_keys(f"loss.{i}", term, ["name", "weight", "params", "domain"])
         params = term.get("params") or {}
         if not isinstance(params, dict):
             raise WeaksegError(f"config 'loss.{i}.params' must be a mapping, got {params!r}")
-        terms.append(LossTerm(str(term["name"]), term.get("weight", 1.0), dict(params)))
+        domain = _coerce(f"loss.{i}", "domain", term.get("domain", "source"), "source", "str")
+        _check_rules(f"loss.{i}.domain", domain, {"choices": DOMAINS})
+        terms.append(LossTerm(str(term["name"]), term.get("weight", 1.0), dict(params),
+                              domain=domain))
     cfg = Config(loss=terms, **sections)
     validate(cfg)
     return cfg
@@ -278,7 +330,15 @@ def validate(cfg: Config) -> None:
     DATASETS.get(cfg.data.name)
     for term in cfg.loss:
         LOSSES.get(term.name)
-    recipe = LossRecipe(cfg.loss)  # builds every term: bad loss parameters fail here
+    init_terms = init_prior_terms(cfg.loss)
+    if init_terms and not cfg.train.init:
+        raise WeaksegError(
+            f"loss.{init_terms[0]}.params.prior: {INIT_PRIOR} reads the class fractions of the "
+            "train.init checkpoint, but train.init is unset; set it or give the prior as numbers")
+    # builds every term: bad loss parameters fail here (from_init: checked in setup)
+    recipe = LossRecipe(with_init_prior(cfg.loss, None))
+    _check_target(cfg)
+    _check_domains(cfg, recipe)
     _check_loss_inputs(cfg, recipe)
     _check_params(cfg)
     if cfg.data.fold is not None and cfg.data.val:
@@ -309,41 +369,101 @@ def validate(cfg: Config) -> None:
 
 
 def _check_params(cfg: Config) -> None:
-    """The ``params`` blocks of the model, the data set and a simulated annotation: names
+    """The ``params`` blocks of the model, the data sets and a simulated annotation: names
     and types from the factories' signatures (values are checked when they are built)."""
     check_kwargs(MODELS.get(cfg.model.name), cfg.model.params,
                  f"model '{cfg.model.name}' (model.params)", ("in_channels", "num_classes"))
-    data_params = dict(cfg.data.params)
-    if cfg.data.root is not None:
-        data_params["root"] = cfg.data.root
-    check_kwargs(DATASETS.get(cfg.data.name), data_params,
-                 f"data set '{cfg.data.name}' (data.params)")
-    annotation = cfg.data.annotation
+    sources: list[tuple[str, DataConfig | TargetConfig]] = [("data", cfg.data)]
+    if cfg.data.target is not None:
+        sources.append(("data.target", cfg.data.target))
+    for where, d in sources:
+        data_params = dict(d.params)
+        if d.root is not None:
+            data_params["root"] = d.root
+        check_kwargs(DATASETS.get(str(d.name)), data_params,  # a name: _check_target
+                     f"data set '{d.name}' ({where}.params)")
+        _check_annotation(where, d.annotation, d.annotation_params)
+
+
+def _check_annotation(where: str, annotation: str, params: dict[str, Any]) -> None:
+    """``<where>.annotation`` and its ``annotation_params`` (simulated annotations only)."""
     if annotation.startswith("sim:"):
         name = annotation[len("sim:"):]
-        if "seed" in cfg.data.annotation_params:
-            raise WeaksegError("data.annotation_params must not set 'seed'; use "
-                               "data.annotation_seed")
-        check_kwargs(ANNOTATORS.get(name), cfg.data.annotation_params,
-                     f"annotator '{name}' (data.annotation_params)", ("label", "num_classes"))
-    elif cfg.data.annotation_params:
+        if "seed" in params:
+            raise WeaksegError(f"{where}.annotation_params must not set 'seed'; use "
+                               f"{where}.annotation_seed")
+        check_kwargs(ANNOTATORS.get(name), params,
+                     f"annotator '{name}' ({where}.annotation_params)", ("label", "num_classes"))
+    elif params:
         raise WeaksegError(
-            f"data.annotation_params apply to simulated annotations only, but data.annotation "
-            f"is '{annotation}'; remove them or use annotation: sim:<annotator>"
+            f"{where}.annotation_params apply to simulated annotations only, but "
+            f"{where}.annotation is '{annotation}'; remove them or use annotation: "
+            "sim:<annotator>"
         )
+
+
+def _check_target(cfg: Config) -> None:
+    """``data.target``: a named data set; the source's own validation keys unset (the
+    target's ``val`` chooses the model)."""
+    target = cfg.data.target
+    if target is None:
+        return
+    if target.name is None:
+        raise WeaksegError(f"data.target needs a 'name' (a data set: "
+                           f"{', '.join(DATASETS.names())})")
+    DATASETS.get(target.name)
+    for key in ("val", "test", "fold"):
+        value = getattr(cfg.data, key)
+        if value is not None:
+            raise WeaksegError(
+                f"data.{key}={value!r} is set, but with data.target the target's selections "
+                f"validate and test (data.target.val / data.target.test); unset data.{key}")
+
+
+def _check_domains(cfg: Config, recipe: LossRecipe) -> None:
+    """Each term's ``domain`` exists in this config, has training images, and has labels
+    when the term learns from labels (``needs_labels``, e.g. ``partial_ce``)."""
+    target = cfg.data.target
+    for i, (term, loss) in enumerate(zip(cfg.loss, recipe.losses, strict=True)):
+        where = f"loss.{i} ('{term.name}', domain: {term.domain})"
+        if term.domain != "source":
+            if target is None:
+                raise WeaksegError(
+                    f"{where} needs a data.target block (the target data set); add one, or "
+                    "for source-free adaptation put the target in data: and drop the domain")
+            if not target.train:
+                raise WeaksegError(f"{where} trains on the target, but data.target.train is "
+                                   "unset; select the target's training volumes")
+        if not getattr(loss, "needs_labels", False):
+            continue
+        seen = [("data", cfg.data.annotation)] if term.domain != "target" else []
+        if target is not None and term.domain != "source":
+            seen.append(("data.target", target.annotation))
+        for key, annotation in seen:
+            if annotation == "none":
+                raise WeaksegError(
+                    f"{where} learns from labels, but {key}.annotation is none (no labelled "
+                    f"pixel); give {key} an annotation (e.g. scribble) or drop the term"
+                    f"{' or use domain: source' if key == 'data.target' else ''}")
 
 
 def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:
     """Every batch entry a loss reads must come from the data (image, target, the sample
-    index or a prior)."""
+    index or a prior; priors are computed for the ``data:`` samples only)."""
     from weakseg.data.priors import PRIOR_KEYS, SAMPLE_KEYS, check_priors, priors_providing
 
     check_priors(cfg.data.priors)
-    provided = {"image", "target"} | SAMPLE_KEYS | {PRIOR_KEYS[p] for p in cfg.data.priors}
+    samples = {"image", "target"} | SAMPLE_KEYS
+    provided = samples | {PRIOR_KEYS[p] for p in cfg.data.priors}
     for term, loss in zip(cfg.loss, recipe.losses, strict=True):
         for key in getattr(loss, "inputs", ("target",)):
-            if key in provided:
+            if key in samples or (key in provided and term.domain == "source"):
                 continue
+            if key in provided:
+                raise WeaksegError(
+                    f"loss '{term.name}' (domain: {term.domain}) needs '{key}', but data.priors "
+                    "are computed for the data: samples only (from their full label maps), "
+                    "not for data.target; use domain: source")
             sources = priors_providing(key)
             if not sources:
                 fix = "no data.priors entry provides it"

@@ -3,7 +3,8 @@
 Each file ``patientNNN_frameFF.h5`` holds ``image`` float32 ``(Z, H, W)`` in
 [0, 1], ``label`` uint8 (0 background, 1 RV, 2 Myo, 3 LV) and ``scribble``
 uint16 with the same classes and ``4`` = unlabelled (Valvano et al., IEEE TMI
-2021). The files carry no voxel spacing, so distances are in voxels.
+2021). The files carry no voxel spacing, so distances are in voxels unless the
+data set is given a nominal one (``data.params.nominal_spacing``).
 
 Cite Bernard et al., IEEE TMI 2018 (ACDC) and Luo et al., MICCAI 2022 (WSL4MIS).
 """
@@ -40,8 +41,10 @@ _NAME = re.compile(r"(patient\d+)_frame(\d+)\.h5$")
 _SCRIBBLE_UNLABELLED = 4
 
 
-def read_acdc_h5(path: str | Path, *, num_classes: int = 4) -> Volume:
-    """Read one WSL4MIS h5 volume; ``scribble`` value 4 becomes ``IGNORE_INDEX``."""
+def read_acdc_h5(path: str | Path, *, num_classes: int = 4,
+                 spacing: tuple[float, float, float] | None = None) -> Volume:
+    """Read one WSL4MIS h5 volume; ``scribble`` value 4 becomes ``IGNORE_INDEX``.
+    ``spacing``: the ``(z, y, x)`` mm to assume (the files store none)."""
     import h5py
 
     path = Path(path)
@@ -87,19 +90,32 @@ def read_acdc_h5(path: str | Path, *, num_classes: int = 4) -> Volume:
         image=image,
         label=full,
         annotations=annotations,
-        spacing=None,
+        spacing=spacing,
         meta={"format": "h5", "path": str(path)},
     )
 
 
 @DATASETS.register("acdc_h5", help="ACDC cardiac MRI, WSL4MIS h5 files (image/label/scribble)")
-def load_acdc_h5(*, root: str | Path, patients: str | None = None) -> VolumeSet:
+def load_acdc_h5(*, root: str | Path, patients: str | None = None,
+                 nominal_spacing: list[float] | None = None) -> VolumeSet:
     """Load every ``*.h5`` volume under ``root``.
 
     Args:
         root: folder with ``patientNNN_frameFF.h5`` files.
         patients: optional patient filter, e.g. ``"21-90"`` or ``"91-100,5"``.
+        nominal_spacing: ``[z, y, x]`` mm given to every volume, since the files store no
+            spacing (e.g. ``[10, 1.5, 1.5]``, about ACDC's typical voxel; the true in-plane
+            spacing varies by patient): lets ``data.spacing`` resample ACDC to the grid of
+            a data set with real spacing (domain adaptation) and puts HD95 in nominal mm.
+            Unset: no spacing, distances in voxels.
     """
+    spacing = None
+    if nominal_spacing is not None:
+        if len(nominal_spacing) != 3 or not all(v > 0 for v in nominal_spacing):
+            raise WeaksegError(f"nominal_spacing must be [z, y, x] in mm (3 positive numbers), "
+                               f"got {nominal_spacing}")
+        z, y, x = (float(v) for v in nominal_spacing)
+        spacing = (z, y, x)
     root = Path(root)
     if not root.is_dir():
         raise WeaksegError(f"data folder not found: {root}; pass data.root=<folder with .h5 files>")
@@ -112,7 +128,7 @@ def load_acdc_h5(*, root: str | Path, patients: str | None = None) -> VolumeSet:
         m = _NAME.search(path.name)
         if wanted is not None and (m is None or int(m.group(1)[7:]) not in wanted):
             continue
-        volumes.append(read_acdc_h5(path))
+        volumes.append(read_acdc_h5(path, spacing=spacing))
     if not volumes:
         raise WeaksegError(f"no volume in {root} matches patients='{patients}'")
     return VolumeSet(volumes=volumes, class_names=list(ACDC_CLASSES), in_channels=1)

@@ -243,6 +243,7 @@ def build_slices(
     priors: Sequence[str] = (),
     spacing: tuple[float, float] | None = None,
     norm: Normalization | None = None,
+    allow_unlabelled: bool = False,
 ) -> SliceData:
     """Slice, normalise and resize ``volumes`` into a :class:`SliceData`.
 
@@ -250,7 +251,10 @@ def build_slices(
     the full label maps resized (nearest) to ``size``, into ``SliceData.extras``; they
     need volumes with full label maps. With ``spacing`` (``(y, x)`` mm) the slices are
     resampled to it and centred on the ``size × size`` canvas instead (:func:`to_spacing`;
-    targets are padded as unlabelled, full labels as background).
+    targets are padded as unlabelled, full labels as background). ``annotation="none"``
+    without priors gives nothing to learn from and is refused unless ``allow_unlabelled``
+    (unlabelled images that other terms learn from: a target domain, source-free
+    adaptation from a trained model).
     """
     if not volumes:
         raise WeaksegError("no training volumes selected; check data.train and data.root")
@@ -286,7 +290,7 @@ def build_slices(
                                f"{num_classes} classes do not fit")
         crop_labels = torch.from_numpy(np.concatenate(full).astype(np.uint8))
     data = SliceData(torch.cat(images), torch.cat(targets), keys, index, extras, crop_labels)
-    if annotation == "none" and not priors:
+    if annotation == "none" and not priors and not allow_unlabelled:
         raise WeaksegError(
             "annotation 'none' gives no pixel label and data.priors is empty: nothing to "
             "learn from; list priors (e.g. data.priors=[tags, bounds_from_tags])"

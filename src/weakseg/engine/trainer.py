@@ -24,6 +24,13 @@ of their constraints are violated add ``train_<term>_violated`` to ``log.csv``, 
 when ``data.priors`` are set, ``val_<term>_violated``: the same fractions on the
 validation slices (priors built from the validation masks the same way, at the
 training size; no dual update), computed after every validation.
+
+Domains (:mod:`weakseg.adapt`): with ``data.target`` and a loss term on the target, every
+step also draws a target batch from its own seeded generator and runs the network once on
+both (:func:`train_one_epoch`); validation, ``best.pt`` and the final metrics use the
+target's ``val`` / ``test``. Every checkpoint of a run on full labels stores the class
+fractions of its training labels (``label_fractions``), which a source-free run reads with
+``marginal_prior`` ``prior: from_init`` (``prior_from_init`` in its own checkpoints).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,10 +49,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from weakseg.config import Config, config_from_dict, dump_config
+from weakseg.adapt import (
+    class_fractions,
+    init_prior,
+    init_prior_terms,
+    stream_seed,
+    with_init_prior,
+)
+from weakseg.config import Config, DataConfig, TargetConfig, config_from_dict, dump_config
 from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
-from weakseg.data.intensity import fit_normalization
+from weakseg.data.intensity import Normalization, fit_normalization
 from weakseg.data.priors import ORACLE_PRIORS, describe_priors
 from weakseg.data.slices import (
     SliceData,
@@ -95,13 +110,20 @@ Logger = Callable[[str], None]
 
 @dataclass
 class DataSplits:
-    """The data set and its volumes split by group (patient)."""
+    """The data set and its volumes split by group (patient).
+
+    ``val`` / ``test`` are the volumes the run is selected and reported on: those of
+    ``data.target`` when the config has one (the domain adapted to), else the data set's.
+    ``target`` / ``target_train``: the target data set and the volumes its loss terms train
+    on (empty without a target block or a ``data.target.train`` selection)."""
 
     dataset: VolumeSet
     train: list[Volume]
     val: list[Volume]
     test: list[Volume]
     unscored: list[str] = field(default_factory=list)  # val/test volumes with weak labels only
+    target: VolumeSet | None = None
+    target_train: list[Volume] = field(default_factory=list)
 
 
 @dataclass
@@ -116,32 +138,25 @@ class TrainResult:
 
 
 def load_data(cfg: Config) -> DataSplits:
-    """Read the configured data set and split it by group (patient)."""
-    params = dict(cfg.data.params)
-    if cfg.data.root is not None:
-        params["root"] = cfg.data.root
-    dataset = DATASETS.build(cfg.data.name, **params)
-    train = select_groups(dataset.volumes, cfg.data.train)
-    val = select_groups(dataset.volumes, cfg.data.val) if cfg.data.val else []
-    test = select_groups(dataset.volumes, cfg.data.test) if cfg.data.test else []
-    for name, chosen in (("train", train), ("val", val), ("test", test)):
-        spec = getattr(cfg.data, name)
-        if not chosen and (name == "train" or spec):
-            raise WeaksegError(
-                f"data.{name}='{spec}' selects no volume of {cfg.data.name}; check the "
-                "selection (numbers like 21-90, case names or glob patterns)"
-                f"{'' if name == 'train' else f', or unset data.{name}'}"
-            )
+    """Read the configured data set and split it by group (patient); with ``data.target``
+    read that data set too: its ``train`` selection feeds the target terms, its ``val`` and
+    ``test`` replace the source's (the source data set is then only trained on)."""
+    dataset = _read_data_set(cfg.data)
+    train = _select("data", cfg.data, dataset, "train")
+    val, test = (_select("data", cfg.data, dataset, name) for name in ("val", "test"))
     if cfg.data.fold is not None:
         train, val = fold_split(train, cfg.data.fold, num_folds=cfg.data.num_folds)
+    target, target_train = None, []
+    if cfg.data.target is None:
+        _check_disjoint(train, val, test)
+    else:
+        target = _read_data_set(cfg.data.target)
+        _check_same_classes(cfg.data, dataset, target)
+        target_train, val, test = (_select("data.target", cfg.data.target, target, name)
+                                   for name in ("train", "val", "test"))
+        _check_disjoint(target_train, val, test)
     unscored: list[str] = []
     for name, other in (("val", val), ("test", test)):
-        shared = {v.group for v in train} & {v.group for v in other}
-        if shared:
-            raise WeaksegError(
-                f"patients {sorted(shared)[:5]} are in both train and {name}; splits must be "
-                "disjoint by patient"
-            )
         if other and all(v.label is None for v in other):
             raise WeaksegError(
                 f"none of the {len(other)} {name} volumes has a dense label map to be scored; "
@@ -150,7 +165,53 @@ def load_data(cfg: Config) -> DataSplits:
         unscored += [v.key for v in other if v.label is None]
     val = [v for v in val if v.label is not None]
     test = [v for v in test if v.label is not None]
-    return DataSplits(dataset, train, val, test, unscored)
+    return DataSplits(dataset, train, val, test, unscored, target, target_train)
+
+
+def _read_data_set(d: DataConfig | TargetConfig) -> VolumeSet:
+    params = dict(d.params)
+    if d.root is not None:
+        params["root"] = d.root
+    return DATASETS.build(cast(str, d.name), **params)
+
+
+def _select(where: str, d: DataConfig | TargetConfig, dataset: VolumeSet,
+            name: str) -> list[Volume]:
+    """The volumes of selection ``<where>.<name>``: unset selects every volume for
+    ``data.train`` and none otherwise; a selection that matches nothing is an error."""
+    spec = getattr(d, name)
+    if not spec and not (where == "data" and name == "train"):
+        return []
+    chosen = select_groups(dataset.volumes, spec)
+    if not chosen:
+        raise WeaksegError(
+            f"{where}.{name}='{spec}' selects no volume of {d.name}; check the selection "
+            "(numbers like 21-90, case names or glob patterns)"
+            f"{'' if name == 'train' else f', or unset {where}.{name}'}"
+        )
+    return chosen
+
+
+def _check_disjoint(train: list[Volume], val: list[Volume], test: list[Volume]) -> None:
+    for name, other in (("val", val), ("test", test)):
+        shared = {v.group for v in train} & {v.group for v in other}
+        if shared:
+            raise WeaksegError(
+                f"patients {sorted(shared)[:5]} are in both train and {name}; splits must be "
+                "disjoint by patient"
+            )
+
+
+def _check_same_classes(d: DataConfig, source: VolumeSet, target: VolumeSet) -> None:
+    """Source and target must share one class set (names and order) and channels."""
+    if list(source.class_names) != list(target.class_names) or (
+            source.in_channels != target.in_channels):
+        raise WeaksegError(
+            f"data ({d.name}) has classes {list(source.class_names)} and "
+            f"{source.in_channels} channel(s) but data.target "
+            f"({d.target.name if d.target else '?'}) has "
+            f"{list(target.class_names)} and {target.in_channels}; source and target must "
+            "share one class set (map the target's labels with its reader's params)")
 
 
 def model_spatial_dims(cfg: Config) -> int:
@@ -210,6 +271,7 @@ def train_one_epoch(
     desc: str = "",
     dist: Dist = Dist(),  # noqa: B008  (an immutable value)
     amp: bool = False,
+    target: SliceData | None = None,
 ) -> dict[str, float]:
     """One pass over ``data`` (shuffled, drop-last); returns the mean of each loss part.
 
@@ -228,41 +290,42 @@ def train_one_epoch(
     augmented alike. The mean of every diagnostic in ``recipe.last_stats`` is returned too
     (e.g. ``size_violated``). Schedules are not advanced here: call ``recipe.epoch_step()``
     after the epoch.
+
+    ``target`` (the ``data.target`` samples, :mod:`weakseg.adapt`): every step also draws
+    ``batch_size`` target samples, from their own generator (seeded by
+    ``stream_seed(seed, "target")``; cropped and augmented alike), and the network runs
+    once on the concatenation (source rows first), so that batch norm normalises both
+    domains with the statistics of their mixture, the population its running statistics
+    (used at evaluation) estimate. Each loss term sees its domain's rows (``domain``);
+    target samples carry ``index`` after the source's (``len(data) + position``).
     """
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=gen)
-    if steps is not None:
-        rounds = -(-steps * batch_size // len(data))
-        order = torch.cat([order] + [torch.randperm(len(data), generator=gen)
-                                     for _ in range(rounds - 1)])
-    else:
-        steps = max(len(data) // batch_size, 1)
+    order, steps = _batch_order(len(data), batch_size, steps, gen)
     if max_steps is not None:
         steps = min(steps, max_steps)
+    if target is not None:
+        target_gen = torch.Generator().manual_seed(stream_seed(seed, "target"))
+        target_order, _ = _batch_order(len(target), batch_size, steps, target_gen)
     sums: dict[str, float] = {}
     model.train()
     device = torch.device(device)
     devices = [device.index or 0] if device.type == "cuda" else []
     amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    draw = partial(_draw_batch, crop=crop, augment=augment, device=device)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # dropout
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
         for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            x, y = data.images[idx], data.targets[idx]
-            extras = data.entries(idx)
-            if crop is not None:
-                labels = None if data.crop_labels is None else data.crop_labels[idx]
-                x, y, extras = random_crop(x, y, gen, crop, extras, labels=labels)
-            if augment:
-                x, y, extras = augment_batch(x, y, gen, extras)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            batch = {k: v.to(device, non_blocking=True) for k, v in extras.items()}
-            batch.update(image=x, target=y)
+            rows = slice(step * batch_size, (step + 1) * batch_size)
+            batch, domains = draw(data, order[rows], gen), None
+            if target is not None:
+                other = draw(target, target_order[rows], target_gen, offset=len(data))
+                batch, domains = _concat_domains(batch, other)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = forward_global(model, x, dist)
-            total, parts = recipe(logits.float(), batch)
+                logits = forward_global(model, batch["image"], dist)
+            total, parts = (recipe(logits.float(), batch) if domains is None  # one data set
+                            else recipe(logits.float(), batch, domains=domains))
             if not torch.isfinite(total):
                 raise WeaksegError(
                     f"the loss became {float(total)} at step {step} ({desc}); lower train.lr "
@@ -279,6 +342,47 @@ def train_one_epoch(
             if progress:
                 bar.set_postfix(loss=f"{float(parts['total']):.4f}")
     return {k: v / steps for k, v in sums.items()} | {"steps": float(steps)}
+
+
+def _batch_order(n: int, batch_size: int, steps: int | None,
+                 gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Sample positions for an epoch and its number of steps: one permutation of ``n``
+    (``n // batch_size`` steps), or as many permutations as ``steps`` batches need."""
+    order = torch.randperm(n, generator=gen)
+    if steps is None:
+        return order, max(n // batch_size, 1)
+    rounds = -(-steps * batch_size // n)
+    order = torch.cat([order] + [torch.randperm(n, generator=gen) for _ in range(rounds - 1)])
+    return order, steps
+
+
+def _draw_batch(data: SliceData, positions: torch.Tensor, gen: torch.Generator, *,
+                crop: int | None, augment: bool, device: torch.device,
+                offset: int = 0) -> dict[str, torch.Tensor]:
+    """The batch of the samples at ``positions``: image, target and per-sample entries,
+    cropped and augmented with ``gen``, on ``device``; ``offset`` is added to ``index``."""
+    x, y = data.images[positions], data.targets[positions]
+    extras = data.entries(positions)
+    if offset and "index" in extras:
+        extras["index"] = extras["index"] + offset
+    if crop is not None:
+        labels = None if data.crop_labels is None else data.crop_labels[positions]
+        x, y, extras = random_crop(x, y, gen, crop, extras, labels=labels)
+    if augment:
+        x, y, extras = augment_batch(x, y, gen, extras)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    batch = {k: v.to(device, non_blocking=True) for k, v in extras.items()}
+    batch.update(image=x, target=y)
+    return batch
+
+
+def _concat_domains(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, slice]]:
+    """One batch of the source rows then the target rows (entries both have: concatenated;
+    the source's priors: source rows only), and where each domain's rows are."""
+    n = source["image"].shape[0]
+    batch = {k: torch.cat([v, target[k]]) if k in target else v for k, v in source.items()}
+    return batch, {"source": slice(0, n), "target": slice(n, n + target["image"].shape[0])}
 
 
 def evaluate_volumes(
@@ -376,6 +480,8 @@ def _same_config(saved: dict[str, Any], cfg: Config) -> list[str]:
         a, b = saved.get(section), now[section]
         if isinstance(a, dict) and isinstance(defaults[section], dict):
             a = {**defaults[section], **a}  # keys added since the run was saved (data.priors)
+        if section == "loss" and isinstance(a, list):  # runs saved before loss domains
+            a = [{"domain": "source", **term} if isinstance(term, dict) else term for term in a]
         if section == "train" and isinstance(a, dict):
             a = {k: v for k, v in a.items() if k not in ("epochs", "threads", "device")}
             b = {k: v for k, v in b.items() if k not in ("epochs", "threads", "device")}
@@ -406,6 +512,7 @@ class Run:
     writer: Any = None
     dist: Dist = field(default_factory=Dist)
     net: nn.Module | None = None  # what trains: ``model``, or ``model`` inside DDP
+    target_data: SliceData | None = None  # data.target samples of the target loss terms
 
     @property
     def geometry(self) -> dict[str, Any]:
@@ -415,6 +522,11 @@ class Run:
     @property
     def spacing(self) -> tuple[float, float] | None:
         return self.geometry["spacing"]
+
+    @property
+    def domains(self) -> int:
+        """How many batches a step draws: 2 with target samples, else 1."""
+        return 1 if self.target_data is None else 2
 
     @property
     def last_path(self) -> Path:
@@ -453,26 +565,12 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     log = log if dist.main else _silent
     splits = load_data(cfg)
     ds = splits.dataset
-    spacing = _target_spacing(cfg, splits.train)
+    spacing = _target_spacing(cfg, splits.train, [*splits.target_train, *splits.val,
+                                                   *splits.test])
     norm = fit_normalization(cfg.data.normalization, splits.train, ds.channel_names,
                              seed=cfg.train.seed)
     dims = model_spatial_dims(cfg)
-    if dims == 3:
-        if cfg.data.priors:
-            raise WeaksegError(f"data.priors {cfg.data.priors} are per-slice (2D) priors; a 3D "
-                               "model takes fixed bounds (size loss params) or none")
-        data = build_volumes(
-            splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
-            size=cfg.data.size, depth=cfg.data.patch_depth, seed=cfg.data.annotation_seed,
-            annotation_params=cfg.data.annotation_params, spacing=spacing, norm=norm,
-        )
-    else:
-        data = build_slices(
-            splits.train, annotation=cfg.data.annotation, num_classes=ds.num_classes,
-            size=cfg.data.size, seed=cfg.data.annotation_seed,
-            annotation_params=cfg.data.annotation_params, priors=cfg.data.priors,
-            spacing=spacing, norm=norm,
-        )
+    data, target_data = _training_samples(cfg, splits, spacing, norm, dims)
     val_slices = None
     if cfg.data.priors and splits.val:  # for the validation constraint logs
         val_slices = build_slices(splits.val, annotation="full", num_classes=ds.num_classes,
@@ -483,7 +581,8 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     if t.init and not resume:  # a resumed run takes its weights from last.pt
         init_weights(model, t.init, ds.class_names, ds.in_channels)
     model = model.to(device)
-    recipe = LossRecipe(cfg.loss, num_classes=ds.num_classes,
+    prior = init_prior(t.init, ds.class_names) if t.init and init_prior_terms(cfg.loss) else None
+    recipe = LossRecipe(with_init_prior(cfg.loss, prior), num_classes=ds.num_classes,
                         class_names=list(ds.class_names)).to(device)
     _check_recipe_fits(model, recipe, data, cfg, device)
     steps = t.steps_per_epoch or max(len(data) // t.batch_size, 1)
@@ -494,9 +593,13 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
             "in_channels": ds.in_channels, "size": cfg.data.size,
             "spacing": list(spacing) if spacing else None, "roi": cfg.data.crop or cfg.data.size,
             "spatial_dims": dims, "patch_depth": cfg.data.patch_depth if dims == 3 else None,
-            "normalization": norm.to_dict()}
+            "normalization": norm.to_dict(),
+            # class proportions of full training labels (prior: from_init of a later run)
+            "label_fractions": (class_fractions(data.targets, ds.num_classes)
+                                if cfg.data.annotation == "full" else None),
+            "prior_from_init": prior}
     run = Run(cfg, out, device, splits, data, val_slices, model, recipe, optimizer, scheduler,
-              steps, meta, dist=dist)
+              steps, meta, dist=dist, target_data=target_data)
     if resume:
         _restore(run, log)
     run.net = distributed.wrap(model, dist, device)
@@ -509,6 +612,46 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
         run.writer = _tensorboard(out)
     _log_setup(run, log)
     return run
+
+
+def _training_samples(
+    cfg: Config, splits: DataSplits, spacing: tuple[float, float] | None,
+    norm: Normalization, dims: int,
+) -> tuple[SliceData, SliceData | None]:
+    """The training samples of the source and, when a loss term trains on the target
+    (``domain: target | both``), of ``data.target``, on one grid. Unlabelled source data
+    without priors is refused unless the run starts from a model (``train.init``: source-free
+    adaptation, self-training); an unlabelled target is fine (the source supervises)."""
+    if dims == 3 and cfg.data.priors:
+        raise WeaksegError(f"data.priors {cfg.data.priors} are per-slice (2D) priors; a 3D "
+                           "model takes fixed bounds (size loss params) or none")
+    data = _samples(cfg, cfg.data, splits.train, splits.dataset.num_classes, spacing, norm,
+                    dims, priors=cfg.data.priors, allow_unlabelled=bool(cfg.train.init))
+    target = None
+    if cfg.data.target is not None and any(term.domain != "source" for term in cfg.loss):
+        target = _samples(cfg, cfg.data.target, splits.target_train,
+                          splits.dataset.num_classes, spacing, norm, dims, priors=[],
+                          allow_unlabelled=True)
+    return data, target
+
+
+def _samples(
+    cfg: Config, d: DataConfig | TargetConfig, volumes: list[Volume], num_classes: int,
+    spacing: tuple[float, float] | None, norm: Normalization, dims: int, *,
+    priors: list[str], allow_unlabelled: bool,
+) -> SliceData:
+    """2D slices or 3D windows of ``volumes`` with the annotation of ``d``."""
+    if dims == 3:
+        return build_volumes(
+            volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
+            depth=cfg.data.patch_depth, seed=d.annotation_seed,
+            annotation_params=d.annotation_params, spacing=spacing, norm=norm,
+        )
+    return build_slices(
+        volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
+        seed=d.annotation_seed, annotation_params=d.annotation_params, priors=priors,
+        spacing=spacing, norm=norm, allow_unlabelled=allow_unlabelled,
+    )
 
 
 def init_weights(model: nn.Module, path: str | Path, class_names: Sequence[str],
@@ -539,15 +682,17 @@ def _silent(line: str) -> None:
     """The log of processes other than rank 0."""
 
 
-def _target_spacing(cfg: Config, train: list[Volume]) -> tuple[float, float] | None:
-    """``data.spacing`` resolved: ``median`` is computed from the training volumes."""
+def _target_spacing(cfg: Config, train: list[Volume],
+                    others: Sequence[Volume] = ()) -> tuple[float, float] | None:
+    """``data.spacing`` resolved: ``median`` is computed from the (source) training volumes;
+    those and ``others`` (target, validation) must all know their spacing."""
     if cfg.data.spacing is None:
         return None
+    for vol in [*train, *others]:
+        in_plane_spacing(vol)  # every volume must know its spacing
     if cfg.data.spacing == "median":
         return median_spacing(train)
     y, x = cast(list[float], cfg.data.spacing)
-    for vol in train:
-        in_plane_spacing(vol)  # every volume must know its spacing
     return float(y), float(x)
 
 
@@ -567,7 +712,7 @@ def _restore(run: Run, log: Logger) -> None:
     log(f"resuming {run.out} after epoch {run.start}/{run.cfg.train.epochs}")
 
 
-def _samples(run: Run) -> str:
+def _samples_word(run: Run) -> str:
     if run.meta["spatial_dims"] == 3:
         return f"{run.cfg.data.patch_depth}-slice windows"
     return "slices"
@@ -585,7 +730,7 @@ def _log_setup(run: Run, log: Logger) -> None:
             f"{cfg.data.size}² canvas ({cfg.data.size * run.spacing[0]:.0f} mm field of view), "
             f"sliding {run.geometry['roi']}² windows at inference")
     log(
-        f"training {cfg.model.name} on {len(data)} {_samples(run)} from "
+        f"training {cfg.model.name} on {len(data)} {_samples_word(run)} from "
         f"{len(splits.train)} volumes "
         f"({cfg.data.annotation}: {100 * data.labelled_fraction:.2f}% pixels labelled), "
         f"{len(splits.val)} validation volumes, {cfg.train.epochs} epochs × {run.steps} steps, "
@@ -598,6 +743,29 @@ def _log_setup(run: Run, log: Logger) -> None:
     for name, line in zip(cfg.data.priors, describe_priors(cfg.data.priors, len(data)),
                           strict=True):
         log(f"{'ORACLE ' if name in ORACLE_PRIORS else ''}prior {line}")
+    _log_domains(run, log)
+
+
+def _log_domains(run: Run, log: Logger) -> None:
+    """What the target domain trains, where the model is selected, and a prior read from
+    ``train.init`` (source-free adaptation)."""
+    cfg, splits = run.cfg, run.splits
+    prior = run.meta.get("prior_from_init")
+    if prior is not None:
+        shares = ", ".join(f"{c} {v:.4f}" for c, v in zip(splits.dataset.class_names, prior,
+                                                           strict=True))
+        log(f"marginal_prior prior from train.init (its training labels): {shares}")
+    target = cfg.data.target
+    if target is None:
+        return
+    if run.target_data is not None:
+        terms = [name for name, term in zip(run.recipe.names, cfg.loss, strict=True)
+                 if term.domain != "source"]
+        log(f"target domain {target.name}: {len(run.target_data)} {_samples_word(run)} from "
+            f"{len(splits.target_train)} volumes ({target.annotation}) for "
+            f"{', '.join(terms)}; one forward on source + target batches")
+    log(f"validation and model selection on the target: data.target.val = {target.val!r}, "
+        f"{len(splits.val)} volumes of {target.name}")
 
 
 def evaluate(run: Run) -> tuple[dict[str, float], float]:
@@ -668,6 +836,7 @@ def finalize(run: Run, seconds: float) -> TrainResult:
     summary = {
         "best_epoch": result.best_epoch,
         "best_val_dice": result.best_score if run.splits.val else None,
+        "validated_on": "data.target.val" if run.cfg.data.target else "data.val",
         "train_seconds_total": float(sum(r["train_seconds"] for r in run.history)),
         "val_metrics": result.val_metrics,
         "test_metrics": result.test_metrics,
@@ -705,6 +874,7 @@ def train(
             max_steps=t.max_steps_per_epoch, steps=t.steps_per_epoch, crop=cfg.data.crop,
             device=run.device, progress=progress and main,
             desc=f"epoch {epoch + 1}/{t.epochs}", dist=run.dist, amp=t.amp,
+            target=run.target_data,
         )
         run.recipe.epoch_step()  # log-barrier t; saved with the recipe state
         train_s = time.perf_counter() - tic
@@ -712,7 +882,8 @@ def train(
             "epoch": epoch + 1,
             "lr": run.optimizer.param_groups[0]["lr"],
             "train_seconds": round(train_s, 3),
-            "images_per_s": round(int(parts.pop("steps")) * t.batch_size / max(train_s, 1e-9), 2),
+            "images_per_s": round(int(parts.pop("steps")) * t.batch_size * run.domains
+                                  / max(train_s, 1e-9), 2),
         }
         row.update({f"train_{k}": v for k, v in parts.items()})
         score = -math.inf

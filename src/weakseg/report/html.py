@@ -161,8 +161,10 @@ def _curves(runs: Sequence[RunRecord]) -> list[tuple[str, str]]:
 
 def _data_key(cfg: Config) -> str:
     d = cfg.data
-    return json.dumps([d.name, d.root, d.params, d.val, d.fold, d.size], sort_keys=True,
-                      default=str)
+    target = None if d.target is None else [d.target.name, d.target.root, d.target.params,
+                                            d.target.val]  # whose val volumes are shown
+    return json.dumps([d.name, d.root, d.params, d.val, d.fold, d.size, target],
+                      sort_keys=True, default=str)
 
 
 def _overlay_section(runs: Sequence[RunRecord], volumes: int) -> list[dict[str, Any]]:
