@@ -35,6 +35,15 @@ def test_read_maps_unlabelled_value(tmp_path: Path):
     assert vol.label is not None and vol.label.dtype == np.int64
 
 
+def test_nominal_spacing_is_given_to_every_volume(tmp_path: Path):
+    _write(tmp_path / "patient007_frame01.h5")
+    assert DATASETS.build("acdc_h5", root=tmp_path).volumes[0].spacing is None  # none stored
+    vset = DATASETS.build("acdc_h5", root=tmp_path, nominal_spacing=[10, 1.5, 1.5])
+    assert vset.volumes[0].spacing == (10.0, 1.5, 1.5)
+    with pytest.raises(WeaksegError, match=r"nominal_spacing must be \[z, y, x\] in mm"):
+        DATASETS.build("acdc_h5", root=tmp_path, nominal_spacing=[1.5, 1.5])
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
