@@ -97,6 +97,9 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     torch.save(edited, root / "edited.pt")
     torch.save(dict(ckpt, config={"train": {"lr": "fast"}}), root / "bad_config.pt")
     torch.save({"x": torch.nn.Linear(2, 2)}, root / "pickled_module.pt")  # refused by weights_only
+    # label distributions of the training slices of cfg (patients 1-3), for curriculum DA
+    assert main(["estimate-priors", "--checkpoint", str(run / "best.pt"), "--config", str(cfg),
+                 "--out", str(root / "estimates.npz"), "--quiet"]) == 0
     return {"root": root, "ckpt": run / "best.pt", "cfg": cfg}
 
 
@@ -164,6 +167,16 @@ def _train(*sets: str, config: str = "{CFG}") -> list[str]:
     for item in sets:
         argv += ["--set", item]
     return argv
+
+
+def _curriculum(*sets: str, estimates: str = "{IN}/estimates.npz") -> list[str]:
+    """A phantom target with estimated priors and the label-distribution loss on it."""
+    return _train("data.val=", "data.target.name=phantom",
+                  "data.target.params={num_volumes: 2, size: 32, slices: 2}",
+                  "data.target.train=0-1",
+                  "data.target.priors=[estimated_fractions, estimated_cell_fractions]",
+                  f"data.target.estimates={estimates}",
+                  "loss=[{name: partial_ce}, {name: label_distribution, domain: target}]", *sets)
 
 
 def _nifti(name: str) -> list[str]:
@@ -288,6 +301,24 @@ TRAIN_CASES = {
     "prior from_init of a run without full labels": (
         _train("loss.0.name=marginal_prior", "loss.0.params.prior=from_init",
                "train.init={CKPT}"), "stores no class fractions"),
+    "estimates file missing": (_curriculum(estimates="{IN}/nope.npz"),
+                               "data.target.estimates: estimates file"),
+    "estimates file not an estimates file": (_curriculum(estimates="{IN}/garbage.pt"),
+                                             "cannot read"),
+    "estimates of other slices": (_curriculum(estimates="{IN}/estimates.npz"),
+                                  "has no estimate for 4 of the 4 training slices (phantom_000"),
+    "estimates of another canvas": (_curriculum("data.size=64", "data.target.params.size=64"),
+                                    "was estimated on a 32² canvas at square resize, this run "
+                                    "trains on a 64² canvas"),
+    "target prior from labels": (_curriculum("data.target.priors=[tags]"),
+                                 "data.target.priors 'tags' is computed from full label maps"),
+    "estimated prior without estimates": (_curriculum("data.target.estimates="),
+                                          "data.target.estimates is unset"),
+    "estimated prior with a crop": (_curriculum("data.crop=16"),
+                                    "gives class fractions of whole slices"),
+    "label_distribution without its priors": (
+        _curriculum("data.target.priors=[estimated_fractions]"),
+        "needs 'cell_fractions' in every batch on data.target"),
     "out is an existing file": (["train", "--config", "{CFG}", "--out", "{CFG}"],
                                 "is an existing file"),
     "out already holds a run": (["train", "--config", "{CFG}", "--out", "{IN}/run"],
@@ -376,6 +407,43 @@ if not torch.cuda.is_available():
     PREDICT_CASES["cuda on a CPU-only torch"] = (_predict("{IN}/h5", "{OUT}/pred", "--device",
                                                           "cuda"), "--device=cuda but this torch")
 
+def _estimate(*extra: str, ckpt: str = "{CKPT}", out: str = "{OUT}/e.npz") -> list[str]:
+    return ["estimate-priors", "--checkpoint", ckpt, "--config", "{CFG}", "--out", out,
+            "--quiet", *extra]
+
+
+ESTIMATE_CASES = {
+    **{name: (_estimate(ckpt=ck), match) for name, (ck, match) in CHECKPOINT_CASES.items()},
+    "config missing": (["estimate-priors", "--checkpoint", "{CKPT}", "--config",
+                        "{IN}/missing.yaml", "--out", "{OUT}/e.npz"], "config file not found"),
+    "classes differ": (_estimate("--set", "data.val=", "data.target.name=nifti",
+                                 "data.target.root={IN}/nn_3classes", "data.target.train=0-1"),
+                       "but data.target (nifti) has ['background', 'RV', 'Myo'] and 1; "
+                       "estimate with a source run on the same classes"),
+    "target without train": (_estimate("--set", "data.val=", "data.target.name=phantom",
+                                       "data.target.val=3"), "data.target.train is unset"),
+    "spacing differs from the checkpoint": (_estimate("--set", "data.spacing=[2, 2]"),
+                                            "was trained on square resize (no spacing) but the "
+                                            "config's data.spacing is 2 × 2 mm"),
+    "grid does not divide the size": (_estimate("--grid", "5"),
+                                      "--grid 5 must divide data.size 32 into equal cells"),
+    "grid zero": (_estimate("--grid", "0"), "--grid 0 must divide data.size 32"),
+    "out inside the data folder": (_estimate(out="{IN}/h5/e.npz"),
+                                   "is inside the data folder"),
+    "out inside the target's data folder": (
+        _estimate("--set", "data.val=", "data.target.name=nifti", "data.target.root={IN}/nn",
+                  "data.target.train=0-1", out="{IN}/nn/labelsTr/e.npz"),
+        "is inside the data folder"),
+    "out not npz": (_estimate(out="{OUT}/e.csv"), "must end in .npz"),
+    "out is a folder": (_estimate(out="{OUT}"), "is a folder"),
+    "out exists": (_estimate(out="{IN}/estimates.npz"), "exists; pass --force to replace it"),
+    "missing required option": (["estimate-priors", "--checkpoint", "{CKPT}", "--config",
+                                 "{CFG}"], "required: --out"),
+}
+if not torch.cuda.is_available():
+    ESTIMATE_CASES["cuda on a CPU-only torch"] = (_estimate("--device", "cuda"),
+                                                  "--device=cuda but this torch")
+
 DEMO_CASES = {
     "epochs zero": (["demo", "--epochs", "0", "--out", "{OUT}/demo"], "--epochs must be ≥ 1"),
     "size not multiple of 16": (["demo", "--size", "40", "--out", "{OUT}/demo"],
@@ -412,6 +480,13 @@ def test_predict_bad_input(case, inputs, tmp_path, capsys):
     argv, match = PREDICT_CASES[case]
     _assert_one_line_error(*_run(argv, inputs, tmp_path, capsys), match)
     assert not (tmp_path / "pred").exists() or not any((tmp_path / "pred").iterdir())
+
+
+@pytest.mark.parametrize("case", _ids(ESTIMATE_CASES))
+def test_estimate_priors_bad_input(case, inputs, tmp_path, capsys):
+    argv, match = ESTIMATE_CASES[case]
+    _assert_one_line_error(*_run(argv, inputs, tmp_path, capsys), match)
+    assert not list(tmp_path.glob("*.npz"))
 
 
 @pytest.mark.parametrize("case", _ids(DEMO_CASES))

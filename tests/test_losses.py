@@ -140,7 +140,8 @@ def test_module_equals_function():
 def _priors(full: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     """Valid constraint inputs from a full label map ``(B, *spatial)``, in 2D and 3D:
     ``tags`` (B, C), ``bounds`` (B, C, 2) around the true sizes, ``boxes`` (B, C, *spatial)
-    the bounding box of every foreground class."""
+    the bounding box of every foreground class, ``fractions`` (B, C) and ``cell_fractions``
+    (B, C, *grid) the class fractions of the map and of grid cells."""
     onehot = F.one_hot(full, num_classes).movedim(-1, 1).bool()          # (B, C, *spatial)
     dims = tuple(range(2, onehot.ndim))
     sizes = onehot.sum(dims).float()
@@ -166,8 +167,14 @@ def _priors(full: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     free = torch.tensor([-math.inf, math.inf]).expand(*centre.shape, 2)
     centroid_bounds = torch.where((sizes > 0)[..., None, None],
                                   torch.stack([centre - 1, centre + 1], -1), free)
+    # class fractions of the whole map and of grid cells (2 pixels wide along even sizes)
+    grid = tuple(n // 2 if n % 2 == 0 else 1 for n in full.shape[1:])
+    cells = onehot.float().reshape(onehot.shape[:2] + tuple(
+        s for n, g in zip(full.shape[1:], grid, strict=True) for s in (g, n // g)))
+    cells = cells.mean(dim=tuple(3 + 2 * i for i in range(len(grid))))
     return {"tags": sizes > 0, "bounds": torch.stack([0.8 * sizes, 1.2 * sizes], -1),
-            "boxes": boxes, "centroid_bounds": centroid_bounds}
+            "boxes": boxes, "centroid_bounds": centroid_bounds,
+            "fractions": onehot.float().mean(dims), "cell_fractions": cells}
 
 
 def test_contract_priors_are_valid():

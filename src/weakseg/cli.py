@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from weakseg.errors import WeaksegError
 from weakseg.registry import Registry
-from weakseg.safeio import check_output_file, check_output_folder, remove_stale_temps
+from weakseg.safeio import check_output_file, check_output_folder, is_within, remove_stale_temps
 
 __all__ = ["build_parser", "main"]
 
@@ -31,6 +31,8 @@ quick start:
   weakseg evaluate --checkpoint runs/pce/best.pt --data ../shared/data/acdc --patients 91-100
   weakseg predict --checkpoint runs/pce/best.pt --input images/ --output predictions/
   weakseg report runs/pce runs/crf                   curves and overlays side by side (HTML)
+  weakseg estimate-priors --checkpoint runs/src/best.pt --config configs/lge_curriculum.yaml \
+      --out runs/lge_estimates.npz          target label distributions for curriculum DA
   weakseg list losses
 """
 
@@ -38,7 +40,8 @@ EPILOG = """\
 errors: a mistake in the input prints one line, 'error: <what is wrong and how to fix it>', and
 exits with status 2; inputs are never modified. --debug shows the traceback of an unexpected
 error. predict refuses to write into its input (--force replaces existing label maps elsewhere);
-evaluate refuses volumes without a label map (--allow-missing skips and lists them).
+evaluate refuses volumes without a label map (--allow-missing skips and lists them);
+estimate-priors refuses to write inside a data folder (--force replaces an earlier file).
 """
 
 
@@ -185,6 +188,51 @@ def _check_exists(path: str, option: str, what: str) -> None:
         raise WeaksegError(f"{option} {path} does not exist; give {what}")
 
 
+def _cmd_estimate_priors(args: argparse.Namespace) -> int:
+    from weakseg.adapt.curriculum import estimate_priors, estimated_block
+    from weakseg.config import load_config
+    from weakseg.data.estimates import save_estimates
+    from weakseg.engine.device import resolve_device
+
+    out = check_output_file(args.out, "--out", ".npz")
+    cfg = load_config(args.config, args.set)
+    where, block = estimated_block(cfg)
+    for folder in _data_folders(cfg):
+        if is_within(out, folder):
+            raise WeaksegError(f"--out {out} is inside the data folder {folder} (an input, "
+                               "never written to); write it elsewhere, e.g. "
+                               f"runs/{out.name}")
+    if out.exists() and not args.force:
+        raise WeaksegError(f"--out {out} exists; pass --force to replace it")
+    device = resolve_device(args.device)
+    est = estimate_priors(args.checkpoint, cfg, grid=args.grid, tta=args.tta, device=device,
+                          progress=not args.quiet)
+    save_estimates(est, out)
+    shares = ", ".join(f"{c} {v:.4f}" for c, v in zip(est.class_names, est.fractions.mean(0),
+                                                       strict=True))
+    print(f"estimated the class fractions of {len(est)} slices of {where} ({block.name}, "
+          f"{len(set(est.keys))} volumes) and of their {est.grid} x {est.grid} grid cells "
+          f"with {args.checkpoint} (mean: {shares}); written to {out}")
+    print(f"train with {where}.priors: [estimated_fractions, estimated_cell_fractions] and "
+          f"{where}.estimates: {out} (loss label_distribution)")
+    return 0
+
+
+def _data_folders(cfg: Any) -> list[Path]:
+    """The folders a config reads data from (``root``, ``params.root`` or ``params.roots``
+    of ``data`` and ``data.target``), those that exist."""
+    found: list[Path] = []
+    for block in (cfg.data, cfg.data.target):
+        if block is None:
+            continue
+        roots = block.params.get("roots") or []
+        for root in [block.root, block.params.get("root"),
+                     *([roots] if isinstance(roots, str) else list(roots))]:
+            if isinstance(root, str) and Path(root).expanduser().is_dir():
+                found.append(Path(root).expanduser())
+    return found
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from weakseg.report.html import build_report
 
@@ -316,6 +364,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "folders; input files are never overwritten")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("estimate-priors", parents=[debug],
+                       help="estimate the class fractions of the target's training slices "
+                            "with a source model (curriculum domain adaptation)")
+    p.add_argument("--checkpoint", required=True,
+                   help="best.pt of a run trained on the source domain")
+    p.add_argument("--config", required=True,
+                   help="the adaptation config: its data.target.train slices are estimated "
+                        "(data.train without a target block), on its data.size / data.spacing")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, as for train")
+    p.add_argument("--out", required=True,
+                   help="the .npz file to write (never inside a data folder)")
+    p.add_argument("--grid", type=int, default=4,
+                   help="g: class fractions also per cell of a g x g grid; must divide "
+                        "data.size (default: 4)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--tta", action="store_true",
+                   help="average the softmax over the 4 flips of each slice")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_estimate_priors)
 
     p = sub.add_parser("report", parents=[debug],
                        help="one HTML page to browse runs side by side (curves, overlays)")

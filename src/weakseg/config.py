@@ -84,7 +84,10 @@ class TargetConfig:
     the ``domain: target | both`` loss terms train on (unset when no term does, e.g. a
     source-only baseline validated on the target); ``val`` chooses the model (the domain
     the run adapts to) and ``test`` is reported at the end, both instead of ``data.val`` /
-    ``data.test``.
+    ``data.test``. ``priors``: the estimated priors of the target's training slices
+    (``estimated_fractions``, ``estimated_cell_fractions``: curriculum DA), read from the
+    file ``estimates`` that ``weakseg estimate-priors`` writes; priors computed from full
+    label maps are for ``data:`` only.
     """
 
     name: str | None = None
@@ -96,6 +99,8 @@ class TargetConfig:
     train: str | None = _field(None, selection=True)
     val: str | None = _field(None, selection=True)
     test: str | None = _field(None, selection=True)
+    priors: list[str] = field(default_factory=list)
+    estimates: str | None = None
 
 
 @dataclass
@@ -115,7 +120,9 @@ class DataConfig:
     group); ``val`` must then be unset.
     ``priors``: per-slice priors for constraint losses, computed from the full masks of
     the training slices (:mod:`weakseg.data.priors`): ``tags``, ``boxes``,
-    ``bounds_from_tags``, ``bounds_from_boxes``, ``oracle_bounds`` (ablations only).
+    ``bounds_from_tags``, ``bounds_from_boxes``, ``oracle_bounds`` (ablations only); or
+    read from the file ``estimates`` (``estimated_fractions``, ``estimated_cell_fractions``:
+    class fractions estimated by ``weakseg estimate-priors``, no label map needed).
     ``crop``: train on random ``crop × crop`` windows of the resized slices (large images
     such as histology tiles); validation and prediction still use whole images.
     ``spacing``: unset → every slice is resized to ``size × size``; ``median`` (the training
@@ -148,6 +155,7 @@ class DataConfig:
     fold: int | None = _field(None, ge=0)
     num_folds: int = _field(5, ge=2)
     priors: list[str] = field(default_factory=list)
+    estimates: str | None = None
     target: TargetConfig | None = _field(None, section=TargetConfig)
 
 
@@ -338,6 +346,7 @@ def validate(cfg: Config) -> None:
     # builds every term: bad loss parameters fail here (from_init: checked in setup)
     recipe = LossRecipe(with_init_prior(cfg.loss, None))
     _check_target(cfg)
+    _check_estimates(cfg)
     _check_domains(cfg, recipe)
     _check_loss_inputs(cfg, recipe)
     _check_params(cfg)
@@ -357,7 +366,7 @@ def validate(cfg: Config) -> None:
             f"config 'data.crop' must be a multiple of 16 between 16 and data.size "
             f"({cfg.data.size}), got {crop}"
         )
-    from weakseg.data.priors import priors_providing
+    from weakseg.data.priors import ESTIMATED_PRIORS, priors_providing
 
     bounds = [p for p in cfg.data.priors if p in priors_providing("bounds")]
     if crop is not None and bounds:
@@ -366,6 +375,50 @@ def validate(cfg: Config) -> None:
             "does not keep; drop data.crop, or give the size loss fixed fraction bounds "
             "(params: {bounds: [[lo, hi], ...], fraction: true})"
         )
+    for where, priors in _prior_lists(cfg):
+        estimated = [p for p in priors if p in ESTIMATED_PRIORS]
+        if crop is not None and estimated:
+            raise WeaksegError(
+                f"{where}.priors '{estimated[0]}' gives class fractions of whole slices, which "
+                "a data.crop window does not keep; drop data.crop (train on whole canvases)")
+
+
+def _prior_lists(cfg: Config) -> list[tuple[str, list[str]]]:
+    """``(where, priors)`` of ``data`` and, with a target block, ``data.target``."""
+    found = [("data", list(cfg.data.priors))]
+    if cfg.data.target is not None:
+        found.append(("data.target", list(cfg.data.target.priors)))
+    return found
+
+
+def _check_estimates(cfg: Config) -> None:
+    """Estimated priors need an estimates file and an estimates file needs them; the target
+    takes estimated priors only (it has no full label maps to compute the others from)."""
+    from weakseg.data.priors import ESTIMATED_PRIORS, check_priors
+
+    blocks: list[tuple[str, DataConfig | TargetConfig]] = [("data", cfg.data)]
+    if cfg.data.target is not None:
+        blocks.append(("data.target", cfg.data.target))
+    for where, block in blocks:
+        check_priors(block.priors, where=f"{where}.priors")
+        estimated = [p for p in block.priors if p in ESTIMATED_PRIORS]
+        if where == "data.target":
+            other = [p for p in block.priors if p not in ESTIMATED_PRIORS]
+            if other:
+                raise WeaksegError(
+                    f"data.target.priors '{other[0]}' is computed from full label maps, which "
+                    "the target's training images do not have; the target takes "
+                    f"{', '.join(ESTIMATED_PRIORS)} (read from data.target.estimates), or move "
+                    f"'{other[0]}' to data.priors")
+        if estimated and not block.estimates:
+            raise WeaksegError(
+                f"{where}.priors '{estimated[0]}' is read from an estimates file, but "
+                f"{where}.estimates is unset; write one with 'weakseg estimate-priors "
+                "--checkpoint SOURCE_RUN/best.pt --config CONFIG --out FILE.npz'")
+        if block.estimates and not estimated:
+            raise WeaksegError(
+                f"{where}.estimates is set but {where}.priors lists none of "
+                f"{', '.join(ESTIMATED_PRIORS)}, which read it; add them or unset it")
 
 
 def _check_params(cfg: Config) -> None:
@@ -448,30 +501,40 @@ def _check_domains(cfg: Config, recipe: LossRecipe) -> None:
 
 
 def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:
-    """Every batch entry a loss reads must come from the data (image, target, the sample
-    index or a prior; priors are computed for the ``data:`` samples only)."""
-    from weakseg.data.priors import PRIOR_KEYS, SAMPLE_KEYS, check_priors, priors_providing
+    """Every batch entry a loss reads must come from the data of its domain: image, target,
+    the sample index, or a prior of that domain's ``priors`` (priors computed from full label
+    maps are for the ``data:`` samples only; the target takes estimated priors)."""
+    from weakseg.data.priors import ESTIMATED_PRIORS, PRIOR_KEYS, SAMPLE_KEYS, priors_providing
 
-    check_priors(cfg.data.priors)
     samples = {"image", "target"} | SAMPLE_KEYS
-    provided = samples | {PRIOR_KEYS[p] for p in cfg.data.priors}
+    have = {where: samples | {PRIOR_KEYS[p] for p in priors}
+            for where, priors in _prior_lists(cfg)}
     for term, loss in zip(cfg.loss, recipe.losses, strict=True):
+        blocks = {"source": ["data"], "target": ["data.target"],
+                  "both": ["data", "data.target"]}[term.domain]
         for key in getattr(loss, "inputs", ("target",)):
-            if key in samples or (key in provided and term.domain == "source"):
-                continue
-            if key in provided:
-                raise WeaksegError(
-                    f"loss '{term.name}' (domain: {term.domain}) needs '{key}', but data.priors "
-                    "are computed for the data: samples only (from their full label maps), "
-                    "not for data.target; use domain: source")
-            sources = priors_providing(key)
-            if not sources:
-                fix = "no data.priors entry provides it"
-            else:
-                fix = f"add data.priors: [{sources[0]}]"
-                if len(sources) > 1:
-                    fix += f" (or {' / '.join(sources[1:])})"
-            raise WeaksegError(f"loss '{term.name}' needs '{key}' in every batch; {fix}")
+            for where in blocks:
+                if key in have.get(where, samples):
+                    continue
+                sources = priors_providing(key)
+                if where == "data.target":
+                    sources = [p for p in sources if p in ESTIMATED_PRIORS]
+                    if not sources and key in have["data"]:
+                        raise WeaksegError(
+                            f"loss '{term.name}' (domain: {term.domain}) needs '{key}', but "
+                            "data.priors are computed for the data: samples only (from their "
+                            "full label maps), not for data.target; use domain: source")
+                if not sources:
+                    fix = "no data.priors entry provides it"
+                else:
+                    fix = f"add {where}.priors: [{sources[0]}]"
+                    if len(sources) > 1:
+                        fix += f" (or {' / '.join(sources[1:])})"
+                    if sources[0] in ESTIMATED_PRIORS:
+                        fix += (f" and {where}.estimates: the file of 'weakseg "
+                                "estimate-priors'")
+                on = "" if term.domain == "source" else f" on {where}"
+                raise WeaksegError(f"loss '{term.name}' needs '{key}' in every batch{on}; {fix}")
 
 
 class _DuplicateKey(yaml.YAMLError):

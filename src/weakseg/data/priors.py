@@ -1,33 +1,52 @@
-"""Per-slice priors for the constraint losses, derived from full label maps (``data.priors``).
+"""Per-slice priors for the losses (``data.priors``): derived from full label maps, or read
+from an estimates file.
 
 Each prior is computed for every 2D training slice **after resizing**, from the slice's
 nearest-resized full label map, so boxes and sizes are in training pixels. They travel with
 the slices in :attr:`weakseg.data.slices.SliceData.extras` and reach the losses as batch
 entries (a loss's ``inputs`` name them):
 
-=====================  ===========  ==========================================================
-prior                  batch key    what it is
-=====================  ===========  ==========================================================
-``tags``               ``tags``     ``(N, C)`` bool, classes present in the slice (image tags)
-``boxes``              ``boxes``    ``(N, C, S, S)`` bool, tight box of every foreground class
-                                    (the background gets none: all false)
-``bounds_from_tags``   ``bounds``   ``(N, C, 2)`` float: tagged classes get the (min, max)
-                                    size over all training slices that contain them, absent
-                                    ones ``(0, 0)``; a **data-set statistic** of the training
-                                    masks (Kervadec et al., MedIA 2019)
-``bounds_from_boxes``  ``bounds``   ``(N, C, 2)``: ``[0.5, 0.9] ×`` box area per foreground
-                                    class, ``(0, 0)`` if absent, background unbounded
-                                    ``(0, inf)`` (Kervadec et al., MIDL 2020)
-``oracle_bounds``      ``bounds``   ``(N, C, 2)``: the TRUE size ± 10 %: reads the ground truth
-                                    of the slice it constrains; **ablations only**
-=====================  ===========  ==========================================================
+============================  ==================  ==============================================
+prior                         batch key           what it is
+============================  ==================  ==============================================
+``tags``                      ``tags``            ``(N, C)`` bool, classes present in the slice
+                                                  (image tags)
+``boxes``                     ``boxes``           ``(N, C, S, S)`` bool, tight box of every
+                                                  foreground class (the background gets none)
+``bounds_from_tags``          ``bounds``          ``(N, C, 2)`` float: tagged classes get the
+                                                  (min, max) size over all training slices that
+                                                  contain them, absent ones ``(0, 0)``; a
+                                                  **data-set statistic** of the training masks
+                                                  (Kervadec et al., MedIA 2019)
+``bounds_from_boxes``         ``bounds``          ``(N, C, 2)``: ``[0.5, 0.9] ×`` box area per
+                                                  foreground class, ``(0, 0)`` if absent,
+                                                  background unbounded ``(0, inf)`` (Kervadec
+                                                  et al., MIDL 2020)
+``oracle_bounds``             ``bounds``          ``(N, C, 2)``: the TRUE size ± 10 %: reads the
+                                                  ground truth of the slice it constrains;
+                                                  **ablations only**
+``estimated_fractions``       ``fractions``       ``(N, C)`` float: class fractions of the slice
+                                                  *estimated* by a model trained on another
+                                                  domain, read from a file, not from labels (D3)
+``estimated_cell_fractions``  ``cell_fractions``  ``(N, C, g, g)`` float: the same per cell of a
+                                                  ``g × g`` grid (cell ``(i, j)``: rows
+                                                  ``i·S/g …``, columns ``j·S/g …``)
+============================  ==================  ==============================================
+
+The two ``estimated_*`` priors need no label map: they are read, by slice identity (volume
+key and slice index), from the file that ``weakseg estimate-priors`` writes
+(:mod:`weakseg.data.estimates`), named by ``data.estimates`` or ``data.target.estimates``;
+they are the only priors a target domain (``data.target.priors``) can take.
 
 Every prior is an entry of the registry :data:`PRIOR_REGISTRY`: its batch key, its producer
 (from the full label maps), and how it changes when a training batch is rotated / flipped
 (:func:`~weakseg.data.slices.augment_batch`) or cut to a crop window
 (:func:`~weakseg.data.slices.random_crop`): ``boxes`` move and are cut with the image, but
 both ``tags`` and ``boxes`` are *recomputed* from the window's full label map (a crop can
-cut a class away, or shrink its box); size bounds describe whole slices and forbid a crop.
+cut a class away, or shrink its box); size bounds and class fractions describe whole slices
+and forbid a crop. Grid-cell fractions are laid out like the image (``spatial``): a rotated
+or flipped slice has its cells rotated or flipped alike (the grid is square on a square
+slice, so a cell maps exactly onto a cell).
 The registry also holds ``index``, the batch entry every sample carries without being
 listed (its position in the training set, for per-image Lagrange multipliers).
 
@@ -58,6 +77,7 @@ from weakseg.registry import Registry, did_you_mean
 
 __all__ = [
     "CROP_RULES",
+    "ESTIMATED_PRIORS",
     "ORACLE_PRIORS",
     "PRIORS",
     "PRIOR_KEYS",
@@ -91,7 +111,9 @@ class Prior:
     slice (first dimension ``N``); ``spatial`` entries are laid out like the image
     (``(..., S, S)``) and rotate / flip with it; ``on_crop`` is one of :data:`CROP_RULES`.
     ``listed=False`` entries are not named under ``data.priors``: every sample carries them,
-    produced from the samples' positions by ``from_positions``.
+    produced from the samples' positions by ``from_positions``. ``estimated`` entries are
+    read from an estimates file (the field of that name: :mod:`weakseg.data.estimates`)
+    instead of being produced from label maps.
     """
 
     key: str
@@ -102,6 +124,7 @@ class Prior:
     oracle: bool = False
     listed: bool = True
     from_positions: Callable[[torch.Tensor], torch.Tensor] | None = None
+    estimated: str | None = None
 
 
 #: name → :class:`Prior`; ``data.priors`` lists names of the listed ones.
@@ -153,6 +176,14 @@ _DEFINED: dict[str, Prior] = {
     "oracle_bounds": Prior("bounds", "reads the ground truth; for ablations only (true size of "
                            f"each training slice +- {100 * ORACLE_MARGIN:g} %)", _oracle_bounds,
                            on_crop="forbid", oracle=True),
+    "estimated_fractions": Prior("fractions", "class fractions of each slice estimated by a "
+                                 "model of another domain, read from the estimates file (no "
+                                 "label of these slices is read; curriculum DA, D3)",
+                                 on_crop="forbid", estimated="fractions"),
+    "estimated_cell_fractions": Prior("cell_fractions", "class fractions of each cell of a "
+                                      "square grid over each slice, estimated alike, read "
+                                      "from the estimates file", spatial=True,
+                                      on_crop="forbid", estimated="cell_fractions"),
     "index": Prior("index", "position of each sample in the training set (per-image Lagrange "
                    "multipliers)", listed=False, from_positions=lambda pos: pos),
 }
@@ -165,6 +196,8 @@ PRIORS: tuple[str, ...] = tuple(name for name, prior in _DEFINED.items() if prio
 PRIOR_KEYS: dict[str, str] = {name: _DEFINED[name].key for name in PRIORS}
 #: Priors that read the ground truth of the very slice they constrain.
 ORACLE_PRIORS: tuple[str, ...] = tuple(n for n in PRIORS if _DEFINED[n].oracle)
+#: Priors read from an estimates file (no label map needed), e.g. for a target domain.
+ESTIMATED_PRIORS: tuple[str, ...] = tuple(n for n in PRIORS if _DEFINED[n].estimated)
 #: Batch entries laid out like the image (``(..., H, W)``): augmentation rotates/flips them.
 SPATIAL_EXTRAS: frozenset[str] = frozenset(p.key for p in _DEFINED.values() if p.spatial)
 #: Batch entries every sample carries without a ``data.priors`` entry (``index``).
@@ -186,20 +219,21 @@ def priors_providing(key: str) -> list[str]:
     return [name for name, k in PRIOR_KEYS.items() if k == key]
 
 
-def check_priors(priors: Sequence[str]) -> None:
-    """Reject unknown, repeated, or conflicting (two ``bounds`` sources) priors."""
+def check_priors(priors: Sequence[str], *, where: str = "data.priors") -> None:
+    """Reject unknown, repeated, or conflicting (two ``bounds`` sources) priors; ``where``
+    names the list in the messages."""
     seen: dict[str, str] = {}
     for name in priors:
         if name not in PRIOR_KEYS:
             raise WeaksegError(
-                f"unknown prior '{name}' in data.priors{did_you_mean(name, PRIORS)}; "
+                f"unknown prior '{name}' in {where}{did_you_mean(name, PRIORS)}; "
                 f"allowed: {', '.join(PRIORS)}"
             )
         key = PRIOR_KEYS[name]
         if key in seen:
             what = f"'{name}' is listed twice" if seen[key] == name else (
                 f"'{seen[key]}' and '{name}' both give '{key}'")
-            raise WeaksegError(f"data.priors: {what}; keep one")
+            raise WeaksegError(f"{where}: {what}; keep one")
         seen[key] = name
 
 

@@ -260,6 +260,11 @@ def build_slices(
         raise WeaksegError("no training volumes selected; check data.train and data.root")
     priors = list(priors)
     check_priors(priors)
+    estimated = [p for p in priors if PRIOR_REGISTRY.get(p).estimated]
+    if estimated:
+        raise WeaksegError(f"data.priors {estimated} are read from an estimates file, not "
+                           "computed from label maps; add them to the slices with "
+                           "weakseg.data.estimates.estimated_entries")
     if priors:
         unlabelled = [v.key for v in volumes if v.label is None]
         if unlabelled:

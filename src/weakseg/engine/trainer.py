@@ -31,6 +31,9 @@ both (:func:`train_one_epoch`); validation, ``best.pt`` and the final metrics us
 target's ``val`` / ``test``. Every checkpoint of a run on full labels stores the class
 fractions of its training labels (``label_fractions``), which a source-free run reads with
 ``marginal_prior`` ``prior: from_init`` (``prior_from_init`` in its own checkpoints).
+Estimated priors (``estimated_fractions``, ``estimated_cell_fractions``: curriculum DA) are
+read by slice identity from the ``estimates`` file of their block (``data`` or
+``data.target``); its SHA-256 is kept in the checkpoints and a resume refuses a changed file.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -59,8 +62,9 @@ from weakseg.adapt import (
 from weakseg.config import Config, DataConfig, TargetConfig, config_from_dict, dump_config
 from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
+from weakseg.data.estimates import estimated_entries, file_digest, load_estimates
 from weakseg.data.intensity import Normalization, fit_normalization
-from weakseg.data.priors import ORACLE_PRIORS, describe_priors
+from weakseg.data.priors import ESTIMATED_PRIORS, ORACLE_PRIORS, PRIOR_KEYS, describe_priors
 from weakseg.data.slices import (
     SliceData,
     augment_batch,
@@ -378,11 +382,18 @@ def _draw_batch(data: SliceData, positions: torch.Tensor, gen: torch.Generator, 
 
 def _concat_domains(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
                     ) -> tuple[dict[str, torch.Tensor], dict[str, slice]]:
-    """One batch of the source rows then the target rows (entries both have: concatenated;
-    the source's priors: source rows only), and where each domain's rows are."""
-    n = source["image"].shape[0]
+    """One batch of the source rows then the target rows, and where each domain's rows are.
+
+    Entries both have are concatenated; the source's own priors keep the source rows only;
+    the target's own priors (estimated fractions) get zero rows in front for the source, so
+    that the target's rows of every entry are at the same positions. The config checks
+    (:mod:`weakseg.config`) refuse a term that would read an entry on a domain without it."""
+    n, m = source["image"].shape[0], target["image"].shape[0]
     batch = {k: torch.cat([v, target[k]]) if k in target else v for k, v in source.items()}
-    return batch, {"source": slice(0, n), "target": slice(n, n + target["image"].shape[0])}
+    for k, v in target.items():
+        if k not in source:
+            batch[k] = torch.cat([v.new_zeros((n, *v.shape[1:])), v])
+    return batch, {"source": slice(0, n), "target": slice(n, n + m)}
 
 
 def evaluate_volumes(
@@ -443,22 +454,40 @@ def constraint_stats(
 
 
 def _check_recipe_fits(
-    model: nn.Module, recipe: LossRecipe, data: SliceData, cfg: Config, device: torch.device
+    model: nn.Module, recipe: LossRecipe, data: SliceData, cfg: Config, device: torch.device,
+    target: SliceData | None = None,
 ) -> None:
-    """Evaluate the loss once on two training slices (eval mode: no state changes, no random
-    numbers drawn) so that a loss that does not fit the data (e.g. fixed size bounds for
-    another number of classes) fails before training starts, as a one-line error."""
-    n = min(2, len(data))
-    sample = SliceData(data.images[:n], data.targets[:n], data.keys[:n], data.index[:n],
-                       {k: v[:n] for k, v in data.extras.items()})
+    """Evaluate the loss once on two training slices, and two target samples when the run
+    has some (eval mode: no state changes, no random numbers drawn), so that a loss that does
+    not fit the data (e.g. fixed size bounds for another number of classes) fails before
+    training starts, as a one-line error."""
+    def first(samples: SliceData, offset: int = 0) -> dict[str, torch.Tensor]:
+        n = min(2, len(samples))
+        batch = samples.entries(torch.arange(n))
+        if offset and "index" in batch:
+            batch["index"] = batch["index"] + offset
+        return {**batch, "image": samples.images[:n], "target": samples.targets[:n]}
+
+    batch, domains = first(data), None
+    if target is not None:
+        batch, domains = _concat_domains(batch, first(target, len(data)))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    was_training = model.training, recipe.training
+    model.eval()
+    recipe.eval()
     try:
-        constraint_stats(model, recipe, sample, batch_size=n, device=device)
+        with torch.no_grad():
+            logits = model(batch["image"])
+            recipe(logits, batch) if domains is None else recipe(logits, batch, domains=domains)
     except ValueError as exc:
         if isinstance(exc, WeaksegError):
             raise
         names = ", ".join(term.name for term in cfg.loss)
         raise WeaksegError(f"the loss ({names}) does not fit the data: {exc}; check the loss "
                            "params against the data set's classes and priors") from exc
+    finally:
+        model.train(was_training[0])
+        recipe.train(was_training[1])
 
 
 def _write_log(history: list[dict[str, Any]], path: Path) -> None:
@@ -480,6 +509,8 @@ def _same_config(saved: dict[str, Any], cfg: Config) -> list[str]:
         a, b = saved.get(section), now[section]
         if isinstance(a, dict) and isinstance(defaults[section], dict):
             a = {**defaults[section], **a}  # keys added since the run was saved (data.priors)
+            if section == "data" and isinstance(a.get("target"), dict):  # data.target.priors
+                a["target"] = {**asdict(TargetConfig()), **a["target"]}
         if section == "loss" and isinstance(a, list):  # runs saved before loss domains
             a = [{"domain": "source", **term} if isinstance(term, dict) else term for term in a]
         if section == "train" and isinstance(a, dict):
@@ -571,11 +602,6 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
                              seed=cfg.train.seed)
     dims = model_spatial_dims(cfg)
     data, target_data = _training_samples(cfg, splits, spacing, norm, dims)
-    val_slices = None
-    if cfg.data.priors and splits.val:  # for the validation constraint logs
-        val_slices = build_slices(splits.val, annotation="full", num_classes=ds.num_classes,
-                                  size=cfg.data.size, priors=cfg.data.priors, spacing=spacing,
-                                  norm=norm)
     torch.manual_seed(t.seed)  # model initialisation
     model = build_model(cfg, ds.in_channels, ds.num_classes)
     if t.init and not resume:  # a resumed run takes its weights from last.pt
@@ -584,7 +610,13 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
     prior = init_prior(t.init, ds.class_names) if t.init and init_prior_terms(cfg.loss) else None
     recipe = LossRecipe(with_init_prior(cfg.loss, prior), num_classes=ds.num_classes,
                         class_names=list(ds.class_names)).to(device)
-    _check_recipe_fits(model, recipe, data, cfg, device)
+    _check_recipe_fits(model, recipe, data, cfg, device, target_data)
+    val_slices = None
+    val_priors = _validation_priors(cfg, recipe)
+    if val_priors and splits.val:  # for the validation constraint logs
+        val_slices = build_slices(splits.val, annotation="full", num_classes=ds.num_classes,
+                                  size=cfg.data.size, priors=val_priors, spacing=spacing,
+                                  norm=norm)
     steps = t.steps_per_epoch or max(len(data) // t.batch_size, 1)
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
@@ -597,7 +629,9 @@ def setup(cfg: Config, out_dir: str | Path, *, resume: bool = False, log: Logger
             # class proportions of full training labels (prior: from_init of a later run)
             "label_fractions": (class_fractions(data.targets, ds.num_classes)
                                 if cfg.data.annotation == "full" else None),
-            "prior_from_init": prior}
+            "prior_from_init": prior,
+            "estimates_sha256": {where: file_digest(str(block.estimates))
+                                 for where, block in _estimate_blocks(cfg)}}
     run = Run(cfg, out, device, splits, data, val_slices, model, recipe, optimizer, scheduler,
               steps, meta, dist=dist, target_data=target_data)
     if resume:
@@ -622,36 +656,66 @@ def _training_samples(
     (``domain: target | both``), of ``data.target``, on one grid. Unlabelled source data
     without priors is refused unless the run starts from a model (``train.init``: source-free
     adaptation, self-training); an unlabelled target is fine (the source supervises)."""
-    if dims == 3 and cfg.data.priors:
-        raise WeaksegError(f"data.priors {cfg.data.priors} are per-slice (2D) priors; a 3D "
-                           "model takes fixed bounds (size loss params) or none")
-    data = _samples(cfg, cfg.data, splits.train, splits.dataset.num_classes, spacing, norm,
-                    dims, priors=cfg.data.priors, allow_unlabelled=bool(cfg.train.init))
+    for where, block in [("data", cfg.data), ("data.target", cfg.data.target)]:
+        if dims == 3 and block is not None and block.priors:
+            raise WeaksegError(f"{where}.priors {block.priors} are per-slice (2D) priors; a 3D "
+                               "model takes fixed bounds (size loss params) or none")
+    names = list(splits.dataset.class_names)
+    data = _samples(cfg, cfg.data, splits.train, names, spacing, norm, dims,
+                    where="data", allow_unlabelled=bool(cfg.train.init))
     target = None
     if cfg.data.target is not None and any(term.domain != "source" for term in cfg.loss):
-        target = _samples(cfg, cfg.data.target, splits.target_train,
-                          splits.dataset.num_classes, spacing, norm, dims, priors=[],
-                          allow_unlabelled=True)
+        target = _samples(cfg, cfg.data.target, splits.target_train, names, spacing, norm,
+                          dims, where="data.target", allow_unlabelled=True)
     return data, target
 
 
+def _estimate_blocks(cfg: Config) -> list[tuple[str, DataConfig | TargetConfig]]:
+    """The data blocks that read an estimates file (``data``, ``data.target``)."""
+    blocks: list[tuple[str, DataConfig | TargetConfig | None]] = [
+        ("data", cfg.data), ("data.target", cfg.data.target)]
+    return [(where, b) for where, b in blocks if b is not None and b.estimates]
+
+
+def _validation_priors(cfg: Config, recipe: LossRecipe) -> list[str]:
+    """The ``data.priors`` the validation slices get for the constraint logs (computed from
+    their full masks): none when a term reads an entry they cannot have (estimated
+    fractions exist for training slices only)."""
+    priors = [p for p in cfg.data.priors if p not in ESTIMATED_PRIORS]
+    known = {"image", "target", "index"} | {PRIOR_KEYS[p] for p in priors}
+    if any(key not in known for loss in recipe.losses
+           for key in getattr(loss, "inputs", ("target",))):
+        return []
+    return priors
+
+
 def _samples(
-    cfg: Config, d: DataConfig | TargetConfig, volumes: list[Volume], num_classes: int,
+    cfg: Config, d: DataConfig | TargetConfig, volumes: list[Volume], class_names: list[str],
     spacing: tuple[float, float] | None, norm: Normalization, dims: int, *,
-    priors: list[str], allow_unlabelled: bool,
+    where: str, allow_unlabelled: bool,
 ) -> SliceData:
-    """2D slices or 3D windows of ``volumes`` with the annotation of ``d``."""
+    """2D slices or 3D windows of ``volumes`` with the annotation and priors of ``d``
+    (``where``: ``data`` or ``data.target``): the priors computed from full label maps, then
+    the estimated ones read from ``d.estimates`` by slice identity."""
+    num_classes = len(class_names)
+    priors = [p for p in d.priors if p not in ESTIMATED_PRIORS]
+    estimated = [p for p in d.priors if p in ESTIMATED_PRIORS]
     if dims == 3:
         return build_volumes(
             volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
             depth=cfg.data.patch_depth, seed=d.annotation_seed,
             annotation_params=d.annotation_params, spacing=spacing, norm=norm,
         )
-    return build_slices(
+    data = build_slices(
         volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
         seed=d.annotation_seed, annotation_params=d.annotation_params, priors=priors,
-        spacing=spacing, norm=norm, allow_unlabelled=allow_unlabelled,
+        spacing=spacing, norm=norm, allow_unlabelled=allow_unlabelled or bool(estimated),
     )
+    if estimated:
+        data.extras.update(estimated_entries(
+            str(d.estimates), estimated, data.keys, data.index, class_names=class_names,
+            size=cfg.data.size, spacing=spacing, where=where))
+    return data
 
 
 def init_weights(model: nn.Module, path: str | Path, class_names: Sequence[str],
@@ -704,6 +768,14 @@ def _restore(run: Run, log: Logger) -> None:
             f"cannot resume {run.out}: config sections {diffs} differ from the saved run; "
             "resume with the same config (only train.epochs may grow)"
         )
+    saved = ckpt.get("estimates_sha256") or {}
+    changed = [f"{where}.estimates" for where, digest in run.meta["estimates_sha256"].items()
+               if saved.get(where, digest) != digest]
+    if changed:
+        raise WeaksegError(
+            f"cannot resume {run.out}: the file of {changed[0]} changed since the run started "
+            "(another estimate-priors run?); resume with the file it started with, or start "
+            "a new run")
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -743,6 +815,10 @@ def _log_setup(run: Run, log: Logger) -> None:
     for name, line in zip(cfg.data.priors, describe_priors(cfg.data.priors, len(data)),
                           strict=True):
         log(f"{'ORACLE ' if name in ORACLE_PRIORS else ''}prior {line}")
+    for where, block in _estimate_blocks(cfg):
+        est = load_estimates(str(block.estimates), where=f"{where}.estimates")
+        log(f"{where} priors {', '.join(block.priors)} from {block.estimates}: {est.method}, "
+            f"by {est.source} ({len(est)} slices, {est.grid} x {est.grid} cells)")
     _log_domains(run, log)
 
 

@@ -30,6 +30,7 @@ from weakseg.losses.crf_local import (
     grid_crf_loss,
     local_window_crf_loss,
 )
+from weakseg.losses.distribution import LabelDistributionLoss, label_distribution_loss
 from weakseg.losses.entropy import (
     EntropyLoss,
     MarginalPriorLoss,
@@ -50,6 +51,7 @@ __all__ = [
     "DenseCRFLoss",
     "EntropyLoss",
     "GridCRFLoss",
+    "LabelDistributionLoss",
     "LocalWindowCRFLoss",
     "MarginalPriorLoss",
     "MutualInformationLoss",
@@ -62,6 +64,7 @@ __all__ = [
     "dense_crf_loss",
     "entropy_loss",
     "grid_crf_loss",
+    "label_distribution_loss",
     "local_window_crf_loss",
     "marginal_prior_loss",
     "mutual_information_loss",
