@@ -99,8 +99,8 @@ def test_centroid_hand_values_2d_and_3d():
 
 
 def test_registry_lists_the_families_with_their_inputs():
-    assert CONSTRAINTS.names() == ["box", "centroid", "one_component", "relative_size",
-                                   "size", "tags"]
+    assert CONSTRAINTS.names() == ["box", "centroid", "class_fraction", "one_component",
+                                   "relative_size", "size", "tags"]
     assert OBJECTIVES.names() == ["lagrangian", "log_barrier", "penalty", "proposal"]
     assert dict(CONSTRAINTS.get("centroid").inputs) == {"bounds": "centroid_bounds"}
     assert not CONSTRAINTS.get("centroid").affine and CONSTRAINTS.get("box").affine
@@ -182,7 +182,8 @@ def test_new_form_equals_the_old_alias(alias, params, family, objective):
 
 
 #: Parameters a family cannot do without (the knowledge priors' pairs of classes).
-REQUIRED = {"relative_size": {"pairs": [[1, 2, 0.5, 2.0], [2, 0, 0.01, 5.0]]}}
+REQUIRED = {"relative_size": {"pairs": [[1, 2, 0.5, 2.0], [2, 0, 0.01, 5.0]]},
+            "class_fraction": {"prior": {1: 0.2, 2: 0.3}}}
 
 
 @pytest.mark.parametrize("method", OBJECTIVES.names())
@@ -197,7 +198,8 @@ def test_contract_every_family_with_every_objective(family, method, shape):
     sizes = onehot.flatten(2).sum(-1).float()
     free = torch.tensor([-INF, INF]).expand(shape[0], shape[1], len(shape) - 2, 2)
     batch = {"bounds": torch.stack([0.5 * sizes, 1.5 * sizes], -1), "tags": sizes > 0,
-             "boxes": onehot, "centroid_bounds": free.clone(), "index": torch.arange(2)}
+             "boxes": onehot, "centroid_bounds": free.clone(), "index": torch.arange(2),
+             "labelled_classes": torch.tensor([[True, False, True], [True, True, False]])}
     batch["centroid_bounds"][:, 1, 0] = torch.tensor([1.0, 2.0])
     loss = ConstraintLoss({"family": family, **REQUIRED.get(family, {})}, method,
                           num_classes=shape[1])

@@ -188,6 +188,10 @@ def test_contract_priors_are_valid():
     assert not priors["boxes"][0, 0].any() and not priors["boxes"][0, 2].any()
 
 
+#: Parameters a loss cannot do without (the constraint's family, the prior-aware prior).
+REQUIRED = {"constraint": {"constraint": "size"}, "prior_aware": {"prior": {1: 0.2}}}
+
+
 @pytest.mark.parametrize("name", LOSSES.names())
 @pytest.mark.parametrize("shape", SHAPES)
 def test_contract_every_registered_loss(name, shape):
@@ -196,12 +200,14 @@ def test_contract_every_registered_loss(name, shape):
     logits = torch.randn(shape, generator=gen, requires_grad=True)
     target = _weak(shape, gen, frac=0.5)
     image = torch.rand((shape[0], 1, *shape[2:]), generator=gen)
-    params = {"constraint": "size"} if name == "constraint" else {}  # needs its family
+    params = REQUIRED.get(name, {})
     loss = LOSSES.build(name, **params)
     full = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
-    batch = {"target": target, "image": image, **_priors(full, shape[1])}
+    batch = {"target": target, "image": image, **_priors(full, shape[1]),
+             "labelled_classes": torch.rand(shape[:2], generator=gen) < 0.5}
     assert set(loss.inputs) <= set(batch), f"the contract test cannot feed {loss.inputs}"
-    value = loss(logits, **{k: batch[k] for k in loss.inputs})
+    keys = (*loss.inputs, *getattr(loss, "optional_inputs", ()))
+    value = loss(logits, **{k: batch[k] for k in keys if k in batch})
     assert value.ndim == 0 and torch.isfinite(value)
     value.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()

@@ -116,6 +116,102 @@ def test_entropy_reductions():
     assert entropy_loss(logits, reduction="none").shape == (2, 4, 5)
 
 
+# ----------------------------------------------------- class-balanced entropy (ADVENT)
+
+
+def _ref_balanced(logits, target=None, power=1.0):
+    """Loop reference: per-pixel normalised entropy weighted by f_k^-power, f_k the fraction
+    of the selected pixels (unlabelled ones, or all) whose arg-max is k; weights scaled to
+    mean 1 over the selected pixels; returns (mean, per-pixel)."""
+    ent = _pixel_entropy(logits) / math.log(logits.shape[1])
+    selected = torch.ones_like(ent, dtype=torch.bool) if target is None \
+        else target == IGNORE_INDEX
+    k = logits.argmax(1)
+    n = int(selected.sum())
+    freq = {c: int((selected & (k == c)).sum()) / n for c in range(logits.shape[1])}
+    weights = torch.zeros_like(ent)
+    for idx in zip(*torch.nonzero(selected, as_tuple=True), strict=True):
+        weights[idx] = freq[int(k[idx])] ** -power
+    weights = weights * n / weights.sum()
+    per_pixel = ent * weights
+    return per_pixel.sum() / n, per_pixel
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("power", [1.0, 0.5, 0.2])
+def test_class_balanced_entropy_equals_the_loop_reference(shape, power):
+    logits = _logits(shape, 30, scale=2.0, dtype=torch.float64)
+    target = _weak(shape, 31, frac=0.4)
+    for t in (None, target):
+        ref, ref_pixels = _ref_balanced(logits, t, power)
+        got = entropy_loss(logits, t, class_balanced=True, balance_power=power)
+        assert torch.allclose(got, ref)
+        none = entropy_loss(logits, t, class_balanced=True, balance_power=power,
+                            reduction="none")
+        assert none.shape == (shape[0], *shape[2:]) and torch.allclose(none, ref_pixels)
+        assert torch.allclose(entropy_loss(logits, t, class_balanced=True, balance_power=power,
+                                           reduction="sum"), ref_pixels.sum())
+
+
+def test_class_balanced_power_one_is_the_mean_over_predicted_classes():
+    """α = 1: every predicted class weighs the same, whatever its number of pixels."""
+    logits = _logits((2, 3, 6, 5), 32, scale=3.0, dtype=torch.float64)
+    ent = _pixel_entropy(logits) / math.log(3)
+    k = logits.argmax(1)
+    per_class = [ent[k == c].mean() for c in range(3) if (k == c).any()]
+    expected = sum(per_class) / len(per_class)
+    assert torch.allclose(entropy_loss(logits, class_balanced=True), expected)
+
+
+def test_class_balanced_defaults_unchanged_and_power_zero_is_plain():
+    logits = _logits((2, 3, 6, 5), 33)
+    target = _weak((2, 3, 6, 5), 34)
+    plain = entropy_loss(logits, target)
+    assert torch.equal(EntropyLoss()(logits, target), plain)
+    assert EntropyLoss().class_balanced is False
+    assert torch.allclose(entropy_loss(logits, target, class_balanced=True, balance_power=0.0),
+                          plain)
+    uniform = torch.zeros(2, 4, 3, 3)
+    assert float(entropy_loss(uniform, class_balanced=True)) == pytest.approx(1.0)
+
+
+def test_class_balanced_weights_are_detached():
+    """Gradient = that of the weighted entropy with the weights held constant."""
+    logits = _logits((1, 3, 3, 4), 35, scale=2.0, dtype=torch.float64)
+    target = _weak((1, 3, 3, 4), 36, frac=0.3)
+    _, ref_pixels = _ref_balanced(logits, target, 0.5)
+    weights = ref_pixels / (_pixel_entropy(logits) / math.log(3)).clamp_min(1e-300)
+    z = logits.clone().requires_grad_(True)
+    r = logits.clone().requires_grad_(True)
+    entropy_loss(z, target, class_balanced=True, balance_power=0.5).backward()
+    n = int((target == IGNORE_INDEX).sum())
+    ((_pixel_entropy(r) / math.log(3)) * weights.detach()).sum().div(n).backward()
+    assert torch.allclose(z.grad, r.grad)
+    small = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: entropy_loss(x, target, class_balanced=True, balance_power=0.5), (small,))
+
+
+def test_class_balanced_options_checked_and_module_equals_function():
+    logits = _logits((2, 3, 4, 4), 37)
+    loss = LOSSES.build("entropy", class_balanced=True, balance_power=0.2)
+    assert torch.equal(loss(logits), entropy_loss(logits, class_balanced=True,
+                                                  balance_power=0.2))
+    copy = logits.clone()
+    entropy_loss(logits, class_balanced=True)
+    assert torch.equal(logits, copy)
+    for bad in (-1.0, float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="balance_power") as info:
+            EntropyLoss(class_balanced=True, balance_power=bad)
+        assert "\n" not in str(info.value)
+    with pytest.raises(WeaksegError, match="balance_power"):
+        LossRecipe([LossTerm("entropy", params={"balance_power": -2.0})])
+    no_pixel = entropy_loss(logits.requires_grad_(True), torch.zeros(2, 4, 4, dtype=torch.long),
+                            class_balanced=True)
+    no_pixel.backward()
+    assert float(no_pixel.detach()) == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
 # ------------------------------------------------------------------ MI (R7)
 
 

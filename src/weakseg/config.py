@@ -38,6 +38,7 @@ import yaml
 
 from weakseg.adapt import DOMAINS, INIT_PRIOR, init_prior_terms, with_init_prior
 from weakseg.annotate import ANNOTATORS
+from weakseg.annotate.base import CONTEXT, check_annotator_params, context_kwargs
 from weakseg.data import DATASETS
 from weakseg.errors import WeaksegError
 from weakseg.losses.recipe import LossRecipe, LossTerm
@@ -445,8 +446,11 @@ def _check_annotation(where: str, annotation: str, params: dict[str, Any]) -> No
         if "seed" in params:
             raise WeaksegError(f"{where}.annotation_params must not set 'seed'; use "
                                f"{where}.annotation_seed")
-        check_kwargs(ANNOTATORS.get(name), params,
-                     f"annotator '{name}' ({where}.annotation_params)", ("label", "num_classes"))
+        simulate = ANNOTATORS.get(name)
+        what = f"annotator '{name}' ({where}.annotation_params)"
+        context = tuple(context_kwargs(simulate, **dict.fromkeys(CONTEXT)))
+        check_kwargs(simulate, params, what, ("label", "num_classes", *context))
+        check_annotator_params(name, params, what)
     elif params:
         raise WeaksegError(
             f"{where}.annotation_params apply to simulated annotations only, but "

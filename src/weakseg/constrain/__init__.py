@@ -4,8 +4,10 @@ Two registries keep *what is constrained* apart from *how it is optimised*:
 
 * :data:`CONSTRAINTS` (:mod:`weakseg.constrain.families`): constraint families as pure
   functions of the logits returning named constraint values ``g <= 0`` — ``size``,
-  ``tags``, ``box``, ``centroid``, and the knowledge priors of
-  :mod:`weakseg.constrain.knowledge` (C14): ``relative_size``, ``one_component``;
+  ``tags``, ``box``, ``centroid``, the knowledge priors of
+  :mod:`weakseg.constrain.knowledge` (C14): ``relative_size``, ``one_component``, and the
+  prior-aware average class fractions of partially labelled data
+  (:mod:`weakseg.constrain.fractions`, C8): ``class_fraction``;
 * :data:`OBJECTIVES` (:mod:`weakseg.constrain.objectives`): ``penalty``, ``log_barrier``
   (with its ``t`` schedule), ``lagrangian`` (multipliers shared or per image) and
   ``proposal`` (Pathak), each owning its settings and its checkpointed state.
@@ -42,6 +44,7 @@ from weakseg.constrain.families import (
     tag_constraints,
     violation_stats,
 )
+from weakseg.constrain.fractions import class_fraction_constraints
 from weakseg.constrain.knowledge import (
     largest_components,
     one_component_constraints,
@@ -76,6 +79,7 @@ __all__ = [
     "box_constraints",
     "box_emptiness_ce",
     "centroid_constraints",
+    "class_fraction_constraints",
     "largest_components",
     "log_barrier_extension",
     "one_component_constraints",

@@ -130,6 +130,9 @@ class ConstraintFamily:
     """``multipliers(params)`` → the shape of one set of Lagrange multipliers per constraint
     name, for constraints that are not one per class (e.g. one per pair of classes); by
     default ``(num_classes, *parts[name])``."""
+    per_batch: bool = False
+    """The constraints are on the batch as a whole (one row, the images pooled, e.g. the
+    average class fraction ``class_fraction``): per-image multipliers do not apply."""
 
     def parameters(self) -> list[str]:
         """The keyword parameters a config may give (``fn``'s and the surrogate's, and the
@@ -183,6 +186,7 @@ def register_constraint(
     optional: Mapping[str, str] | None = None,
     injected: Sequence[str] = (),
     multipliers: Callable[[Mapping[str, Any]], Mapping[str, tuple[int, ...]]] | None = None,
+    per_batch: bool = False,
     help: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a pure constraint function as family ``name`` (returns it unchanged).
@@ -202,7 +206,7 @@ def register_constraint(
         family = ConstraintFamily(
             name, fn, dict(inputs), dict(parts or {name: ()}), affine,
             tolerance or (lambda logits: half_pixel(logits)), dict(fixed or {}), validate,
-            surrogate, dict(optional or {}), tuple(injected), multipliers,
+            surrogate, dict(optional or {}), tuple(injected), multipliers, per_batch,
         )
         CONSTRAINTS.register(name, help=help or (doc[0] if doc else name))(family)
         return fn

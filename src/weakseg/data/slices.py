@@ -15,15 +15,16 @@ back into volumes. Per-slice priors for the constraint losses (tags, boxes, size
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from weakseg.annotate import ANNOTATORS
+from weakseg.annotate.base import VOLUME_ENTRIES, context_kwargs
 from weakseg.data.base import IGNORE_INDEX, Volume
 from weakseg.data.intensity import Normalization
 from weakseg.data.priors import (
@@ -38,6 +39,7 @@ from weakseg.errors import WeaksegError
 
 __all__ = [
     "SliceData",
+    "annotation_entries",
     "augment_batch",
     "build_slices",
     "build_volumes",
@@ -158,14 +160,17 @@ def to_grid(
 
 
 def resolve_annotation(
-    volume: Volume, annotation: str, *, num_classes: int, seed: int, params: dict | None = None
+    volume: Volume, annotation: str, *, num_classes: int, seed: int, params: dict | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """The training target of ``volume`` for the configured ``annotation``.
 
     ``full`` → the full label map; ``none`` → no pixel label at all (training from
     priors alone, e.g. tags and size bounds); ``sim:<name>`` → simulated from the full
-    mask by annotator ``name`` with a per-volume seed; anything else → the
-    named annotation stored with the data.
+    mask by annotator ``name`` with a per-volume seed (and the volume's ``group``, the data's
+    seed and ``class_names`` when the annotator declares them:
+    :data:`weakseg.annotate.base.CONTEXT`); anything else → the named annotation stored with
+    the data.
     """
     if annotation == "none":
         return np.full(volume.image.shape[:3], IGNORE_INDEX, dtype=np.int64)
@@ -176,15 +181,10 @@ def resolve_annotation(
             )
         return volume.label
     if annotation.startswith("sim:"):
-        name = annotation[4:]
-        simulate = ANNOTATORS.get(name)
-        if volume.label is None:
-            raise WeaksegError(
-                f"{volume.key}: annotation '{annotation}' simulates from full masks but "
-                "this volume has none"
-            )
-        vseed = (seed * 1_000_003 + sum(map(ord, volume.key))) % 2**31
-        return simulate(volume.label, num_classes=num_classes, seed=vseed, **(params or {}))
+        simulate = ANNOTATORS.get(annotation[4:])
+        label, kwargs = _simulation(volume, annotation, simulate, num_classes, seed, params,
+                                    class_names)
+        return simulate(label, **kwargs)
     if annotation not in volume.annotations:
         have = ["full"] if volume.label is not None else []
         have += sorted(volume.annotations)
@@ -193,6 +193,53 @@ def resolve_annotation(
             "use data.annotation=sim:scribble to simulate scribbles from full masks"
         )
     return volume.annotations[annotation]
+
+
+def _simulation(
+    volume: Volume, annotation: str, fn: Callable[..., object], num_classes: int, seed: int,
+    params: dict | None, class_names: Sequence[str] | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The full label map and the keyword arguments of simulator ``fn`` for ``volume``."""
+    if volume.label is None:
+        raise WeaksegError(
+            f"{volume.key}: annotation '{annotation}' simulates from full masks but "
+            "this volume has none"
+        )
+    vseed = (seed * 1_000_003 + sum(map(ord, volume.key))) % 2**31
+    context = context_kwargs(fn, group=volume.group, annotation_seed=seed,
+                             class_names=None if class_names is None else list(class_names))
+    return volume.label, {"num_classes": num_classes, "seed": vseed, **(params or {}),
+                          **context}
+
+
+def annotation_entries(
+    volume: Volume, annotation: str, *, num_classes: int, seed: int, params: dict | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The per-volume batch entries a simulated annotation gives besides its label map
+    (:data:`weakseg.annotate.base.VOLUME_ENTRIES`, e.g. ``labelled_classes`` ``(C,)`` of
+    ``sim:partial_sites``); ``{}`` for every other annotation."""
+    name = annotation[4:] if annotation.startswith("sim:") else None
+    if name is None or name not in VOLUME_ENTRIES:
+        return {}
+    fn = VOLUME_ENTRIES[name]
+    label, kwargs = _simulation(volume, annotation, fn, num_classes, seed, params, class_names)
+    return {key: np.asarray(value) for key, value in fn(label, **kwargs).items()}
+
+
+def _stack_entries(per_sample: list[dict[str, np.ndarray]], extras: Extras) -> Extras:
+    """The annotation's per-sample entries (one dict per sample) stacked along the samples
+    and added to ``extras`` (a key both give is an error)."""
+    if not per_sample or not per_sample[0]:
+        return extras
+    clash = sorted(set(per_sample[0]) & set(extras))
+    if clash:
+        raise WeaksegError(f"batch entries {clash} come from both the annotation and "
+                           "data.priors; keep one source")
+    out = dict(extras)
+    for key in per_sample[0]:
+        out[key] = torch.from_numpy(np.ascontiguousarray(np.stack([e[key] for e in per_sample])))
+    return out
 
 
 @dataclass
@@ -244,12 +291,16 @@ def build_slices(
     spacing: tuple[float, float] | None = None,
     norm: Normalization | None = None,
     allow_unlabelled: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> SliceData:
     """Slice, normalise and resize ``volumes`` into a :class:`SliceData`.
 
     ``priors`` (names of :data:`weakseg.data.priors.PRIORS`) are computed per slice from
     the full label maps resized (nearest) to ``size``, into ``SliceData.extras``; they
-    need volumes with full label maps. With ``spacing`` (``(y, x)`` mm) the slices are
+    need volumes with full label maps. A simulated annotation's per-volume entries
+    (:func:`annotation_entries`, e.g. ``labelled_classes``) go there too, repeated for every
+    slice of the volume; ``class_names`` reach the annotators that name classes. With
+    ``spacing`` (``(y, x)`` mm) the slices are
     resampled to it and centred on the ``size × size`` canvas instead (:func:`to_spacing`;
     targets are padded as unlabelled, full labels as background). ``annotation="none"``
     without priors gives nothing to learn from and is refused unless ``allow_unlabelled``
@@ -274,10 +325,10 @@ def build_slices(
                 "remove data.priors or train on volumes with full masks"
             )
     images, targets, keys, index, full = [], [], [], [], []
+    entries: list[dict[str, np.ndarray]] = []
     for vol in volumes:
-        target = resolve_annotation(
-            vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
-        )
+        target = resolve_annotation(vol, annotation, num_classes=num_classes, seed=seed,
+                                    params=annotation_params, class_names=class_names)
         maps = [np.asarray(target)] + ([np.asarray(vol.label)] if priors else [])
         x, (y, *lab) = to_grid(vol, size, spacing, maps, [IGNORE_INDEX, 0][:len(maps)], norm)
         if priors:
@@ -286,7 +337,10 @@ def build_slices(
         targets.append(y)
         keys += [vol.key] * x.shape[0]
         index += list(range(x.shape[0]))
-    extras = compute_priors(full, priors, num_classes=num_classes)
+        own = annotation_entries(vol, annotation, num_classes=num_classes, seed=seed,
+                                 params=annotation_params, class_names=class_names)
+        entries += [own] * x.shape[0]
+    extras = _stack_entries(entries, compute_priors(full, priors, num_classes=num_classes))
     recomputed = any(PRIOR_REGISTRY.get(p).on_crop == "recompute" for p in priors)
     crop_labels = None
     if recomputed:
@@ -336,19 +390,23 @@ def build_volumes(
     annotation_params: dict | None = None,
     spacing: tuple[float, float] | None = None,
     norm: Normalization | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> SliceData:
     """3D training samples: ``depth``-slice windows of every volume (stride ``depth // 2``),
     in-plane resized to ``size × size`` (or resampled to ``spacing`` on the canvas, as
     :func:`build_slices`). Volumes with fewer slices are padded (image 0, unlabelled).
     ``images`` are ``(N, K, depth, size, size)``, ``targets`` ``(N, depth, size, size)``;
-    ``index`` is the first slice of each window."""
+    ``index`` is the first slice of each window; a simulated annotation's per-volume entries
+    (:func:`annotation_entries`) are repeated for every window of the volume."""
     if not volumes:
         raise WeaksegError("no training volumes selected; check data.train and data.root")
     images, targets, keys, index = [], [], [], []
+    entries: list[dict[str, np.ndarray]] = []
     for vol in volumes:
-        target = resolve_annotation(
-            vol, annotation, num_classes=num_classes, seed=seed, params=annotation_params
-        )
+        target = resolve_annotation(vol, annotation, num_classes=num_classes, seed=seed,
+                                    params=annotation_params, class_names=class_names)
+        own = annotation_entries(vol, annotation, num_classes=num_classes, seed=seed,
+                                 params=annotation_params, class_names=class_names)
         x, (y,) = to_grid(vol, size, spacing, [np.asarray(target)], [IGNORE_INDEX], norm)
         for start in z_windows(depth, x.shape[0]):
             xs = _pad_z(x[start:start + depth], depth, 0.0)  # (D, K, S, S)
@@ -356,7 +414,9 @@ def build_volumes(
             targets.append(_pad_z(y[start:start + depth], depth, IGNORE_INDEX))
             keys.append(vol.key)
             index.append(start)
-    data = SliceData(torch.stack(images), torch.stack(targets), keys, index)
+            entries.append(own)
+    data = SliceData(torch.stack(images), torch.stack(targets), keys, index,
+                     _stack_entries(entries, {}))
     if annotation != "none" and not (data.targets != IGNORE_INDEX).any():
         raise WeaksegError(
             f"annotation '{annotation}' has no labelled voxel in the whole data set "

@@ -705,11 +705,13 @@ def _samples(
             volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
             depth=cfg.data.patch_depth, seed=d.annotation_seed,
             annotation_params=d.annotation_params, spacing=spacing, norm=norm,
+            class_names=class_names,
         )
     data = build_slices(
         volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
         seed=d.annotation_seed, annotation_params=d.annotation_params, priors=priors,
         spacing=spacing, norm=norm, allow_unlabelled=allow_unlabelled or bool(estimated),
+        class_names=class_names,
     )
     if estimated:
         data.extras.update(estimated_entries(

@@ -6,7 +6,9 @@ Registered modules declare the batch entries they consume in ``inputs``
 ``"bounds"``, ``"tags"``, ``"boxes"``, which the trainer fills from ``data.priors``; the
 proposal loss ``proposal`` reads its proposal's entries, see
 :mod:`weakseg.losses.proposals`), so a
-:class:`~weakseg.losses.recipe.LossRecipe` can combine any of them.
+:class:`~weakseg.losses.recipe.LossRecipe` can combine any of them. Entries a loss reads only
+when the batch has them are its ``optional_inputs`` (e.g. ``labelled_classes`` of
+``marginal_ce`` and ``prior_aware``, which ``sim:partial_sites`` gives every slice).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ from weakseg.losses.entropy import (
     mutual_information_loss,
 )
 from weakseg.losses.partial import PartialCrossEntropyLoss, partial_cross_entropy
+from weakseg.losses.partial_labels import (
+    MarginalCrossEntropyLoss,
+    PriorAwareLoss,
+    marginal_cross_entropy,
+    prior_aware_loss,
+)
 from weakseg.losses.proposal import ProposalLoss, proposal_cross_entropy
 from weakseg.losses.supervised import CEDiceLoss, ce_dice_loss, soft_dice_loss
 
@@ -53,10 +61,12 @@ __all__ = [
     "GridCRFLoss",
     "LabelDistributionLoss",
     "LocalWindowCRFLoss",
+    "MarginalCrossEntropyLoss",
     "MarginalPriorLoss",
     "MutualInformationLoss",
     "NormalizedCutLoss",
     "PartialCrossEntropyLoss",
+    "PriorAwareLoss",
     "ProposalLoss",
     "SizeConstraintLoss",
     "TagConstraintLoss",
@@ -66,10 +76,12 @@ __all__ = [
     "grid_crf_loss",
     "label_distribution_loss",
     "local_window_crf_loss",
+    "marginal_cross_entropy",
     "marginal_prior_loss",
     "mutual_information_loss",
     "normalized_cut_loss",
     "partial_cross_entropy",
+    "prior_aware_loss",
     "proposal_cross_entropy",
     "soft_dice_loss",
 ]

@@ -349,6 +349,9 @@ class ConstraintLoss(nn.Module):
                              "or lagrangian")
         if "parts" in settings:
             raise WeaksegError(f"objective '{method}': 'parts' is set by the constraint")
+        if family.per_batch and settings.get("per_image"):
+            raise ValueError(f"constraint '{name}' holds for the batch as a whole (the images "
+                             "pooled), so per-image multipliers do not apply; drop per_image")
         check_kwargs(objective_cls, settings, f"objective '{method}'")
         if family.multipliers is not None:
             parts = dict(family.multipliers(fn_params))

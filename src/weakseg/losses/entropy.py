@@ -8,6 +8,23 @@ With :math:`s_p = \\mathrm{softmax}(z_p)` over :math:`C` classes, :math:`H(s) = 
 
   .. math:: \\mathcal{L}_{ent} = \\frac{1}{|U|} \\sum_{p \\in U} H(s_p)
 
+  Entropy minimisation favours the classes that already dominate (ADVENT's remark, which
+  it answers with class-ratio priors). ``class_balanced=True`` weights each pixel by the
+  inverse predicted frequency of its arg-max class :math:`k_p` among the selected pixels
+  of the batch, raised to ``balance_power`` :math:`\\alpha` (detached; the weights are
+  scaled to mean 1 over the selected pixels, so the value stays a weighted mean in
+  ``[0, 1]``):
+
+  .. math:: w_p = \\frac{f_{k_p}^{-\\alpha}}{\\frac{1}{|U|}\\sum_{q \\in U}
+        f_{k_q}^{-\\alpha}}, \\qquad f_k = \\frac{|\\{q \\in U : k_q = k\\}|}{|U|},
+        \\qquad \\mathcal{L} = \\frac{1}{|U|} \\sum_{p \\in U} w_p\\, H(s_p)
+
+  With :math:`\\alpha = 1` every predicted class weighs the same: the loss is the mean over
+  the predicted classes of their pixels' mean entropy. This is the class-balanced
+  weighting of Chen et al.'s maximum squares loss (:math:`1 / (N_k^\\alpha N^{1-\\alpha})`,
+  per image there, :math:`\\alpha = 0.2`), applied to ADVENT's entropy over the batch (a
+  batch of slices often holds slices with background only).
+
 * **Mutual information** (R7) adds the entropy of the marginal, which rules out the trivial
   solution of R6 (every pixel confidently the same class); the loss to minimise is
 
@@ -30,6 +47,8 @@ References:
     Gomes, Krause & Perona, "Discriminative clustering by regularized information
     maximization" (RIM), NIPS 2010.
     Bateson et al., "Source-relaxed domain adaptation for image segmentation", MICCAI 2020.
+    Chen, Xue & Cai, "Domain adaptation for semantic segmentation with maximum squares
+    loss", ICCV 2019 (the class-balanced weighting factor).
 """
 
 from __future__ import annotations
@@ -100,6 +119,27 @@ def _entropy(log_probs: torch.Tensor, dim: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- entropy (R6)
 
 
+def _check_power(power: float) -> None:
+    if isinstance(power, bool) or not isinstance(power, (int, float)):
+        raise ValueError(f"balance_power must be a number, got {power!r}")
+    if not math.isfinite(power) or power < 0:
+        raise ValueError(f"balance_power must be finite and ≥ 0, got {power}")
+
+
+@torch.no_grad()
+def _balance_weights(logits: torch.Tensor, mask: torch.Tensor, power: float) -> torch.Tensor:
+    """Detached ``(B, *spatial)`` weights ``f_{k_p}^{-power}`` of the selected pixels
+    (``mask``), ``f_k`` the fraction of them whose arg-max is ``k``, scaled to mean 1 over
+    them; 0 elsewhere. No host sync."""
+    num_classes = logits.shape[1]
+    k = logits.argmax(dim=1)                                                  # (B, *spatial)
+    selected = mask.to(logits.dtype)
+    counts = logits.new_zeros(num_classes).scatter_add_(0, k.flatten(), selected.flatten())
+    total = selected.sum().clamp_min(1)
+    weight = (counts.clamp_min(1) / total).pow(-power)[k] * selected
+    return weight * total / weight.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+
+
 def entropy_loss(
     logits: torch.Tensor,
     target: torch.Tensor | None = None,
@@ -107,11 +147,15 @@ def entropy_loss(
     ignore_index: int = IGNORE_INDEX,
     only_unlabelled: bool = True,
     normalize: bool = True,
+    class_balanced: bool = False,
+    balance_power: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Mean Shannon entropy of the predictions on the unlabelled pixels.
 
-    ``−1/|U| Σ_{p∈U} Σ_c s_p^c log s_p^c``, divided by ``log C`` when ``normalize``.
+    ``−1/|U| Σ_{p∈U} Σ_c s_p^c log s_p^c``, divided by ``log C`` when ``normalize``; with
+    ``class_balanced``, each pixel weighted by the inverse batch frequency of its predicted
+    class (see the module docstring).
 
     Args:
         logits: ``(B, C, *spatial)`` raw network outputs (2D or 3D), ``C ≥ 2``.
@@ -120,8 +164,13 @@ def entropy_loss(
         ignore_index: value marking unlabelled pixels.
         only_unlabelled: ``False`` uses every pixel even when ``target`` is given.
         normalize: divide by ``log C`` so the value lies in ``[0, 1]`` (1 = uniform).
+        class_balanced: weight pixel ``p`` by ``f_k^{-balance_power}``, ``f_k`` the fraction
+            of the selected pixels of the batch whose arg-max is ``k = argmax_c s_p^c``
+            (detached, scaled to mean 1 over the selected pixels). Off by default.
+        balance_power: ``α ≥ 0`` of the weighting (1: every predicted class weighs the
+            same; 0: no weighting; Chen et al. use 0.2).
         reduction: ``"mean"`` (over the selected pixels of the batch), ``"sum"``, or
-            ``"none"`` (per-pixel ``(B, *spatial)``, zero on the excluded pixels).
+            ``"none"`` (per-pixel ``(B, *spatial)``, weighted, zero on the excluded pixels).
 
     Returns:
         The loss. With no selected pixel, ``"mean"`` returns 0 with a zero gradient.
@@ -136,6 +185,7 @@ def entropy_loss(
         1.0
     """
     check_reduction(reduction)
+    _check_power(balance_power)
     _check_logits(logits)
     per_pixel = _entropy(logits.log_softmax(dim=1), dim=1)
     if normalize:
@@ -147,7 +197,10 @@ def entropy_loss(
         per_pixel = per_pixel * mask.to(per_pixel.dtype)
         count = mask.sum()
     else:
+        mask = torch.ones_like(per_pixel, dtype=torch.bool)
         count = torch.tensor(per_pixel.numel(), device=per_pixel.device)
+    if class_balanced:
+        per_pixel = per_pixel * _balance_weights(logits.detach(), mask, float(balance_power))
     if reduction == "none":
         return per_pixel
     total = per_pixel.sum()
@@ -168,13 +221,18 @@ class EntropyLoss(nn.Module):
         ignore_index: int = IGNORE_INDEX,
         only_unlabelled: bool = True,
         normalize: bool = True,
+        class_balanced: bool = False,
+        balance_power: float = 1.0,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
         check_reduction(reduction)
+        _check_power(balance_power)
         self.ignore_index = ignore_index
         self.only_unlabelled = only_unlabelled
         self.normalize = normalize
+        self.class_balanced = class_balanced
+        self.balance_power = float(balance_power)
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,6 +242,8 @@ class EntropyLoss(nn.Module):
             ignore_index=self.ignore_index,
             only_unlabelled=self.only_unlabelled,
             normalize=self.normalize,
+            class_balanced=self.class_balanced,
+            balance_power=self.balance_power,
             reduction=self.reduction,
         )
 
