@@ -124,6 +124,25 @@ def test_sites_resolved_against_the_classes(sites, names, match):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("params", "match"), [
+    ({"sites": [["LV"], []]}, r"annotator 'partial_sites' \(data.annotation_params\): site 1 "
+                              "is empty"),
+    ({"sites": [["RV"], [0]]}, "class 0 is the background"),
+    ({}, "needs sites"),
+    ({"sites": [["LV"]], "group": "patient001"}, "'group' of annotator 'partial_sites'.*is set "
+                                                "by weakseg"),
+    ({"sites": [["LV"]], "annotation_seed": 3}, "'annotation_seed'.*is set by weakseg"),
+    ({"sites": [["LV"]], "site": 1}, r"unknown parameter 'site'.*did you mean 'sites'"),
+])
+def test_bad_sites_fail_when_the_config_is_read(params, match):
+    from weakseg.config import config_from_dict
+
+    raw = {"data": {"annotation": "sim:partial_sites", "annotation_params": params}}
+    with pytest.raises(WeaksegError, match=match) as info:
+        config_from_dict(raw)
+    assert "\n" not in str(info.value)
+
+
 def test_the_annotator_needs_a_group_and_a_full_map():
     with pytest.raises(WeaksegError, match="needs the group"):
         simulate_partial_sites(_label(), num_classes=4, seed=0, sites=[[1]])

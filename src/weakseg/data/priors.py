@@ -48,7 +48,10 @@ and forbid a crop. Grid-cell fractions are laid out like the image (``spatial``)
 or flipped slice has its cells rotated or flipped alike (the grid is square on a square
 slice, so a cell maps exactly onto a cell).
 The registry also holds ``index``, the batch entry every sample carries without being
-listed (its position in the training set, for per-image Lagrange multipliers).
+listed (its position in the training set, for per-image Lagrange multipliers). A simulated
+annotation may add per-volume entries of its own to the same extras, e.g. ``labelled_classes``
+``(N, C)`` bool of ``sim:partial_sites`` (:mod:`weakseg.annotate.partial`): not spatial,
+unchanged by rotations, flips and crops.
 
 Class 0 is the background. At most one ``bounds`` source per run. With the phantom or any data
 with full masks these are *simulated* weak annotations (tags, boxes) or statistics; the only
