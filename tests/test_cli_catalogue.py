@@ -319,6 +319,22 @@ TRAIN_CASES = {
     "label_distribution without its priors": (
         _curriculum("data.target.priors=[estimated_fractions]"),
         "needs 'cell_fractions' in every batch on data.target"),
+    "full labels outside train": (_train("data.full_labels=4"),
+                                  "data.full_labels='4' names patients outside "
+                                  "data.train='1-3' (4)"),
+    "full labels with full annotation": (_train("data.full_labels=1", "data.annotation=full"),
+                                         "data.annotation is full"),
+    "full labels select nothing": (_train("data.full_labels=case9*"), "selects no patient"),
+    "full labels of unlabelled patients": (
+        _train("data.name=nifti", "data.root={IN}/nn_partial", "data.annotation=none",
+               "data.train=0-3", "data.val=", "data.full_labels=2-3"),
+        "selects 2 patients but only 1 of them have full label maps"),
+    "size bounds without estimates": (_train("data.priors=[bounds_from_estimates]"),
+                                      "data.estimates is unset"),
+    "prior_params typo": (_train("data.priors=[bounds_from_estimates]",
+                                 "data.estimates={IN}/estimates.npz",
+                                 "data.prior_params={bounds_from_estimates: {margn: 0.2}}"),
+                          "has no parameter 'margn' (did you mean 'margin'?)"),
     "out is an existing file": (["train", "--config", "{CFG}", "--out", "{CFG}"],
                                 "is an existing file"),
     "out already holds a run": (["train", "--config", "{CFG}", "--out", "{IN}/run"],
@@ -444,6 +460,29 @@ if not torch.cuda.is_available():
     ESTIMATE_CASES["cuda on a CPU-only torch"] = (_estimate("--device", "cuda"),
                                                   "--device=cuda but this torch")
 
+def _regressor(*sets: str, out: str = "{OUT}/s.npz", extra: tuple[str, ...] = ()
+               ) -> list[str]:
+    argv = ["train-size-regressor", "--config", "{CFG}", "--out", out, "--quiet", *extra]
+    return argv + (["--set", *sets] if sets else [])
+
+
+REGRESSOR_CASES = {
+    "no fully labelled image": (_regressor(), "data.full_labels is unset"),
+    "holdout leaves no patient": (_regressor("data.full_labels=1"),
+                                  "--holdout 1 leaves no fully labelled patient"),
+    "full labels of unlabelled patients": (
+        _regressor("data.name=nifti", "data.root={IN}/nn_partial", "data.annotation=none",
+                   "data.train=0-3", "data.val=", "data.full_labels=2-3"),
+        "selects 2 patients but only 1 of them have full label maps"),
+    "steps zero": (_regressor("data.full_labels=1-2", extra=("--steps", "0")),
+                   "--steps must be ≥ 1"),
+    "out inside the data folder": (_regressor("data.full_labels=1-2", out="{IN}/h5/s.npz"),
+                                   "is inside the data folder"),
+    "out exists": (_regressor("data.full_labels=1-2", out="{IN}/estimates.npz"),
+                   "exists; pass --force to replace it"),
+    "out not npz": (_regressor(out="{OUT}/s.csv"), "must end in .npz"),
+}
+
 DEMO_CASES = {
     "epochs zero": (["demo", "--epochs", "0", "--out", "{OUT}/demo"], "--epochs must be ≥ 1"),
     "size not multiple of 16": (["demo", "--size", "40", "--out", "{OUT}/demo"],
@@ -485,6 +524,13 @@ def test_predict_bad_input(case, inputs, tmp_path, capsys):
 @pytest.mark.parametrize("case", _ids(ESTIMATE_CASES))
 def test_estimate_priors_bad_input(case, inputs, tmp_path, capsys):
     argv, match = ESTIMATE_CASES[case]
+    _assert_one_line_error(*_run(argv, inputs, tmp_path, capsys), match)
+    assert not list(tmp_path.glob("*.npz"))
+
+
+@pytest.mark.parametrize("case", _ids(REGRESSOR_CASES))
+def test_train_size_regressor_bad_input(case, inputs, tmp_path, capsys):
+    argv, match = REGRESSOR_CASES[case]
     _assert_one_line_error(*_run(argv, inputs, tmp_path, capsys), match)
     assert not list(tmp_path.glob("*.npz"))
 

@@ -222,6 +222,11 @@ def test_cells_rotate_and_flip_with_their_slice():
     assert len(seen) > 8  # several of the 8 rotations/flips were drawn
 
 
+#: The priors of curriculum DA (the file's fractions as they are; ESTIMATED_PRIORS also holds
+#: bounds_from_estimates, size bounds derived from the same fractions).
+CURRICULUM_PRIORS = ("estimated_fractions", "estimated_cell_fractions")
+
+
 def test_estimated_priors_forbid_a_crop_and_are_registered():
     for name in ESTIMATED_PRIORS:
         prior = PRIOR_REGISTRY.get(name)
@@ -254,7 +259,7 @@ def test_estimates_file_round_trip_and_lookup_by_slice_identity(tmp_path: Path):
     assert np.array_equal(back.cell_fractions, est.cell_fractions)
     assert back.spacing == (2.0, 2.0) and back.method == "test" and back.source == "hand"
     # the training slices in another order, a subset
-    got = estimated_entries(path, list(ESTIMATED_PRIORS), ["b", "a"], [0, 1],
+    got = estimated_entries(path, list(CURRICULUM_PRIORS), ["b", "a"], [0, 1],
                             class_names=["c0", "c1", "c2"], size=8, spacing=(2.0, 2.0))
     assert set(got) == {"fractions", "cell_fractions"}
     assert got["cell_fractions"].shape == (2, 3, 2, 2)
@@ -332,7 +337,7 @@ def test_estimator_on_a_hand_built_case():
 def _curriculum_config(estimates: str, epochs: int = 2, **changes: object) -> dict:
     """The phantom adaptation config of test_adapt with full source labels and the
     label-distribution loss on the target."""
-    raw = adapt_config(epochs=epochs, priors=list(ESTIMATED_PRIORS), estimates=estimates)
+    raw = adapt_config(epochs=epochs, priors=list(CURRICULUM_PRIORS), estimates=estimates)
     raw["data"]["annotation"] = "full"
     raw["loss"] = [{"name": "ce_dice"},
                    {"name": "label_distribution", "weight": 0.5, "domain": "target",
@@ -480,7 +485,7 @@ def test_shipped_curriculum_config_matches_its_source_run():
                                                                     src.data.train, "full")
     assert cur.data.target is not None and src.data.target is not None
     assert cur.data.target.params == src.data.target.params and cur.data.target.train
-    assert cur.data.target.priors == list(ESTIMATED_PRIORS)
+    assert cur.data.target.priors == list(CURRICULUM_PRIORS)
     assert [(t.name, t.domain) for t in cur.loss] == [("ce_dice", "source"),
                                                       ("label_distribution", "target")]
 
@@ -498,7 +503,7 @@ def test_source_free_curriculum_estimates_the_data_itself(tmp_path: Path):
     raw["loss"] = [{"name": "entropy", "weight": 0.1},
                    {"name": "label_distribution", "params": {"cell_weight": 0.5}}]
     estimates = tmp_path / "self.npz"
-    raw["data"].update(priors=list(ESTIMATED_PRIORS), estimates=str(estimates))
+    raw["data"].update(priors=list(CURRICULUM_PRIORS), estimates=str(estimates))
     cfg = config_from_dict(raw)
     save_estimates(estimate_priors(source, cfg, grid=2), estimates)
     assert load_estimates(estimates).keys[0] == "phantom_000"

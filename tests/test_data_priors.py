@@ -199,7 +199,8 @@ def test_registry_names_keys_and_transforms():
     )
 
     assert PRIORS == ("tags", "boxes", "bounds_from_tags", "bounds_from_boxes",
-                      "oracle_bounds", "estimated_fractions", "estimated_cell_fractions")
+                      "oracle_bounds", "estimated_fractions", "estimated_cell_fractions",
+                      "bounds_from_estimates")
     assert PRIOR_KEYS["bounds_from_boxes"] == "bounds"
     assert SPATIAL_EXTRAS == {"boxes", "cell_fractions"}
     assert SAMPLE_KEYS == {"index"} and "index" not in PRIORS

@@ -33,6 +33,8 @@ quick start:
   weakseg report runs/pce runs/crf                   curves and overlays side by side (HTML)
   weakseg estimate-priors --checkpoint runs/src/best.pt --config configs/lge_curriculum.yaml \
       --out runs/lge_estimates.npz          target label distributions for curriculum DA
+  weakseg train-size-regressor --config configs/acdc_semi_n3_points_size.yaml \
+      --out runs/semi_n3_sizes.npz          size bounds from 3 fully labelled patients
   weakseg list losses
 """
 
@@ -218,6 +220,45 @@ def _cmd_estimate_priors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_size_regressor(args: argparse.Namespace) -> int:
+    from weakseg.adapt.size_regression import train_size_regressor
+    from weakseg.config import load_config
+    from weakseg.data.estimates import save_estimates
+    from weakseg.engine.device import resolve_device
+
+    out = check_output_file(args.out, "--out", ".npz")
+    cfg = load_config(args.config, args.set)
+    for folder in _data_folders(cfg):
+        if is_within(out, folder):
+            raise WeaksegError(f"--out {out} is inside the data folder {folder} (an input, "
+                               f"never written to); write it elsewhere, e.g. runs/{out.name}")
+    if out.exists() and not args.force:
+        raise WeaksegError(f"--out {out} exists; pass --force to replace it")
+    for option in ("steps", "batch_size"):
+        if getattr(args, option) < 1:
+            raise WeaksegError(f"--{option.replace('_', '-')} must be ≥ 1, got "
+                               f"{getattr(args, option)}")
+    fit = train_size_regressor(cfg, holdout=args.holdout, steps=args.steps,
+                               batch_size=args.batch_size, lr=args.lr,
+                               device=resolve_device(args.device), progress=not args.quiet)
+    est = fit.estimates
+    save_estimates(est, out)
+    print(f"size regressor fitted on {len(fit.fit_groups)} fully labelled patients "
+          f"({', '.join(fit.fit_groups[:5])}{'…' if len(fit.fit_groups) > 5 else ''})")
+    if est.mae is not None:
+        errors = ", ".join(f"{c} {v:.4f}" for c, v in zip(est.class_names, est.mae, strict=True))
+        print(f"its mean absolute error of the class fractions on {est.mae_slices} slices of "
+              f"held-out patients ({', '.join(fit.heldout_groups)}): {errors}")
+    else:
+        print("its error is not measured (--holdout 0: no held-out patient)")
+    print(f"estimated the class sizes of {fit.weak_slices} weakly labelled slices "
+          f"({len(est)} training slices in all); written to {out}")
+    print(f"train with data.priors: [bounds_from_estimates], data.estimates: {out} (bounds: "
+          "estimate x (1 -+ data.prior_params.bounds_from_estimates.margin, default 0.1)) and "
+          "a constraint loss {family: size}")
+    return 0
+
+
 def _data_folders(cfg: Any) -> list[Path]:
     """The folders a config reads data from (``root``, ``params.root`` or ``params.roots``
     of ``data`` and ``data.target``), those that exist."""
@@ -387,6 +428,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_estimate_priors)
+
+    p = sub.add_parser("train-size-regressor", parents=[debug],
+                       help="fit a size regressor on the data.full_labels patients and "
+                            "estimate the class sizes of the other training slices "
+                            "(curriculum size bounds)")
+    p.add_argument("--config", required=True,
+                   help="a semi-supervised config (data.full_labels); its data.train slices "
+                        "are estimated on its data.size / data.spacing")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, as for train")
+    p.add_argument("--out", required=True,
+                   help="the .npz estimates file to write (never inside a data folder)")
+    p.add_argument("--holdout", type=int, default=1,
+                   help="fully labelled patients held out to measure the regressor's error "
+                        "(default: 1; 0: fit on all, no error measured)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per step (default: 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train_size_regressor)
 
     p = sub.add_parser("report", parents=[debug],
                        help="one HTML page to browse runs side by side (curves, overlays)")

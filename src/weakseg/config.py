@@ -101,6 +101,7 @@ class TargetConfig:
     val: str | None = _field(None, selection=True)
     test: str | None = _field(None, selection=True)
     priors: list[str] = field(default_factory=list)
+    prior_params: dict[str, Any] = field(default_factory=dict)
     estimates: str | None = None
 
 
@@ -124,6 +125,12 @@ class DataConfig:
     ``bounds_from_tags``, ``bounds_from_boxes``, ``oracle_bounds`` (ablations only); or
     read from the file ``estimates`` (``estimated_fractions``, ``estimated_cell_fractions``:
     class fractions estimated by ``weakseg estimate-priors``, no label map needed).
+    ``prior_params``: parameters of the listed priors that take some, e.g.
+    ``{bounds_from_estimates: {margin: 0.1}}``.
+    ``full_labels``: semi-supervision (METHODS.md D4): a selection of training groups
+    (patients, same syntax as ``train``) that train on their full masks while the rest use
+    ``annotation`` (``none``: unlabelled; tags, scribbles, points...); it must name
+    training patients that have full masks.
     ``crop``: train on random ``crop × crop`` windows of the resized slices (large images
     such as histology tiles); validation and prediction still use whole images.
     ``spacing``: unset → every slice is resized to ``size × size``; ``median`` (the training
@@ -155,7 +162,9 @@ class DataConfig:
     test: str | None = _field(None, selection=True)
     fold: int | None = _field(None, ge=0)
     num_folds: int = _field(5, ge=2)
+    full_labels: str | None = _field(None, selection=True)
     priors: list[str] = field(default_factory=list)
+    prior_params: dict[str, Any] = field(default_factory=dict)
     estimates: str | None = None
     target: TargetConfig | None = _field(None, section=TargetConfig)
 
@@ -347,6 +356,7 @@ def validate(cfg: Config) -> None:
     # builds every term: bad loss parameters fail here (from_init: checked in setup)
     recipe = LossRecipe(with_init_prior(cfg.loss, None))
     _check_target(cfg)
+    _check_full_labels(cfg.data)
     _check_estimates(cfg)
     _check_domains(cfg, recipe)
     _check_loss_inputs(cfg, recipe)
@@ -395,13 +405,14 @@ def _prior_lists(cfg: Config) -> list[tuple[str, list[str]]]:
 def _check_estimates(cfg: Config) -> None:
     """Estimated priors need an estimates file and an estimates file needs them; the target
     takes estimated priors only (it has no full label maps to compute the others from)."""
-    from weakseg.data.priors import ESTIMATED_PRIORS, check_priors
+    from weakseg.data.priors import ESTIMATED_PRIORS, check_prior_params, check_priors
 
     blocks: list[tuple[str, DataConfig | TargetConfig]] = [("data", cfg.data)]
     if cfg.data.target is not None:
         blocks.append(("data.target", cfg.data.target))
     for where, block in blocks:
         check_priors(block.priors, where=f"{where}.priors")
+        check_prior_params(block.priors, block.prior_params, where=where)
         estimated = [p for p in block.priors if p in ESTIMATED_PRIORS]
         if where == "data.target":
             other = [p for p in block.priors if p not in ESTIMATED_PRIORS]
@@ -420,6 +431,32 @@ def _check_estimates(cfg: Config) -> None:
             raise WeaksegError(
                 f"{where}.estimates is set but {where}.priors lists none of "
                 f"{', '.join(ESTIMATED_PRIORS)}, which read it; add them or unset it")
+
+
+def _check_full_labels(d: DataConfig) -> None:
+    """``data.full_labels``: not with full annotations everywhere nor with an annotation
+    that brings per-volume entries; numbers inside a numeric ``train`` (the rest is checked
+    against the volumes when the data are read)."""
+    from weakseg.annotate.base import VOLUME_ENTRIES
+    from weakseg.data.splits import parse_groups
+
+    if not d.full_labels:
+        return
+    if d.annotation == "full":
+        raise WeaksegError(f"data.full_labels={d.full_labels!r} is set but data.annotation is "
+                           "full (every patient already has full masks); unset one")
+    if d.annotation.startswith("sim:") and d.annotation[len("sim:"):] in VOLUME_ENTRIES:
+        raise WeaksegError(f"data.full_labels cannot be combined with {d.annotation} (its "
+                           "per-patient entries do not describe full masks)")
+    try:
+        wanted, train = parse_groups(d.full_labels), parse_groups(d.train or "")
+    except WeaksegError:
+        return  # names or patterns: checked against the volumes
+    outside = sorted(wanted - train) if d.train else []
+    if outside:
+        raise WeaksegError(f"data.full_labels={d.full_labels!r} names patients outside "
+                           f"data.train={d.train!r} ({', '.join(map(str, outside[:5]))}); "
+                           "fully labelled patients must be training patients")
 
 
 def _check_params(cfg: Config) -> None:
@@ -493,7 +530,8 @@ def _check_domains(cfg: Config, recipe: LossRecipe) -> None:
                                    "unset; select the target's training volumes")
         if not getattr(loss, "needs_labels", False):
             continue
-        seen = [("data", cfg.data.annotation)] if term.domain != "target" else []
+        labelled = "full" if cfg.data.full_labels else cfg.data.annotation  # some full masks
+        seen = [("data", labelled)] if term.domain != "target" else []
         if target is not None and term.domain != "source":
             seen.append(("data.target", target.annotation))
         for key, annotation in seen:

@@ -20,6 +20,10 @@ array               shape                     what it is
 ``spacing``         ``(2,)`` or ``(0,)``      its pixel size in mm (empty: square resize)
 ``method``          ()                        how the fractions were estimated
 ``source``          ()                        what estimated them (the checkpoint)
+``mae``             ``(C,)`` float64          optional: the estimator's own mean absolute
+                                              error of each class fraction on held-out
+                                              labelled slices (size regressor)
+``mae_slices``      ()                        optional: how many slices ``mae`` averages
 ==================  ========================  =========================================
 
 The fractions are of the slice **on the training grid** (resampled and centred on the
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +74,8 @@ class Estimates:
     spacing: tuple[float, float] | None
     method: str = ""
     source: str = ""
+    mae: np.ndarray | None = None
+    mae_slices: int = 0
 
     def __post_init__(self) -> None:
         n, c = len(self.keys), len(self.class_names)
@@ -106,6 +112,9 @@ def save_estimates(estimates: Estimates, path: str | Path) -> Path:
         "method": np.asarray(estimates.method),
         "source": np.asarray(estimates.source),
     }
+    if estimates.mae is not None:
+        arrays["mae"] = np.asarray(estimates.mae, dtype=np.float64)
+        arrays["mae_slices"] = np.asarray(estimates.mae_slices, dtype=np.int64)
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return path
@@ -134,7 +143,9 @@ def load_estimates(path: str | Path, *, where: str = "estimates") -> Estimates:
                 cell_fractions=z["cell_fractions"].astype(np.float32),
                 class_names=[str(c) for c in z["class_names"]], size=int(z["size"]),
                 spacing=(spacing[0], spacing[1]) if len(spacing) == 2 else None,
-                method=str(z["method"]), source=str(z["source"]))
+                method=str(z["method"]), source=str(z["source"]),
+                mae=z["mae"].astype(np.float64) if "mae" in z.files else None,
+                mae_slices=int(z["mae_slices"]) if "mae_slices" in z.files else 0)
     except WeaksegError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -161,11 +172,14 @@ def estimated_entries(
     size: int,
     spacing: tuple[float, float] | None,
     where: str = "data.target",
+    params: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The batch entries of the estimated ``priors`` (names of
     :data:`~weakseg.data.priors.ESTIMATED_PRIORS`) for the slices ``(keys[i], index[i])``,
     read from the estimates file ``path``: ``fractions`` ``(N, C)``, ``cell_fractions``
-    ``(N, C, g, g)`` float32, in the order of ``keys``.
+    ``(N, C, g, g)`` float32, ``bounds`` ``(N, C, 2)`` (``bounds_from_estimates``: the
+    fractions mapped by the prior's ``derive`` with its ``params``, defaults filled in), in
+    the order of ``keys``.
 
     Raises:
         WeaksegError: the file is missing or unreadable, was made for other classes or
@@ -202,7 +216,11 @@ def estimated_entries(
         if prior not in ESTIMATED_PRIORS:
             raise WeaksegError(f"prior '{prior}' is not read from an estimates file; those are "
                                f"{', '.join(ESTIMATED_PRIORS)}")
-        field = PRIOR_REGISTRY.get(prior).estimated
-        values = np.ascontiguousarray(getattr(est, str(field))[take], dtype=np.float32)
+        entry = PRIOR_REGISTRY.get(prior)
+        values = getattr(est, str(entry.estimated))[take]
+        if entry.derive is not None:
+            values = entry.derive(values, {**entry.params, **(params or {}).get(prior, {})},
+                                  size)
+        values = np.ascontiguousarray(values, dtype=np.float32)
         out[PRIOR_KEYS[prior]] = torch.from_numpy(values)
     return out

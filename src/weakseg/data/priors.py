@@ -31,12 +31,20 @@ prior                         batch key           what it is
 ``estimated_cell_fractions``  ``cell_fractions``  ``(N, C, g, g)`` float: the same per cell of a
                                                   ``g × g`` grid (cell ``(i, j)``: rows
                                                   ``i·S/g …``, columns ``j·S/g …``)
+``bounds_from_estimates``     ``bounds``          ``(N, C, 2)``: the estimated size of every
+                                                  class ``× (1 ∓ margin)`` (default 0.1), in
+                                                  pixels, from the same file: curriculum size
+                                                  bounds (Kervadec et al., MICCAI 2019, C12)
 ============================  ==================  ==============================================
 
-The two ``estimated_*`` priors need no label map: they are read, by slice identity (volume
-key and slice index), from the file that ``weakseg estimate-priors`` writes
-(:mod:`weakseg.data.estimates`), named by ``data.estimates`` or ``data.target.estimates``;
-they are the only priors a target domain (``data.target.priors``) can take.
+A prior with parameters takes them from ``data.prior_params`` (``{bounds_from_estimates:
+{margin: 0.2}}``); :func:`check_prior_params` names the allowed ones.
+
+The ``estimated_*`` priors and ``bounds_from_estimates`` need no label map: they are read,
+by slice identity (volume key and slice index), from the file that ``weakseg
+estimate-priors`` or ``weakseg train-size-regressor`` writes (:mod:`weakseg.data.estimates`),
+named by ``data.estimates`` or ``data.target.estimates``; they are the only priors a target
+domain (``data.target.priors``) can take.
 
 Every prior is an entry of the registry :data:`PRIOR_REGISTRY`: its batch key, its producer
 (from the full label maps), and how it changes when a training batch is rotated / flipped
@@ -61,7 +69,7 @@ oracle is ``oracle_bounds``, and the trainer says so in its log.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -86,8 +94,10 @@ __all__ = [
     "PRIOR_KEYS",
     "PRIOR_REGISTRY",
     "SAMPLE_KEYS",
+    "bounds_from_fractions",
     "SPATIAL_EXTRAS",
     "Prior",
+    "check_prior_params",
     "check_priors",
     "compute_priors",
     "crop_priors",
@@ -116,7 +126,9 @@ class Prior:
     ``listed=False`` entries are not named under ``data.priors``: every sample carries them,
     produced from the samples' positions by ``from_positions``. ``estimated`` entries are
     read from an estimates file (the field of that name: :mod:`weakseg.data.estimates`)
-    instead of being produced from label maps.
+    instead of being produced from label maps, then mapped by ``derive(values, params,
+    size)`` when given (``params``: :attr:`params` updated by ``data.prior_params``,
+    ``size``: the canvas ``S``).
     """
 
     key: str
@@ -128,6 +140,8 @@ class Prior:
     listed: bool = True
     from_positions: Callable[[torch.Tensor], torch.Tensor] | None = None
     estimated: str | None = None
+    derive: Callable[[np.ndarray, Mapping[str, float], int], np.ndarray] | None = None
+    params: Mapping[str, float] = field(default_factory=dict)
 
 
 #: name → :class:`Prior`; ``data.priors`` lists names of the listed ones.
@@ -162,6 +176,28 @@ def _oracle_bounds(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return oracle_size_bounds(labels, num_classes=num_classes, margin=ORACLE_MARGIN)
 
 
+def bounds_from_fractions(fractions: np.ndarray, size: int, *, margin: float = 0.1
+                          ) -> np.ndarray:
+    """Size bounds ``(N, C, 2)`` in pixels of an ``S × S`` slice from class fractions
+    ``(N, C)``: ``f · S² · (1 − margin)`` and ``f · S² · (1 + margin)``, clipped to
+    ``[0, S²]`` (the curriculum bounds of Kervadec et al., MICCAI 2019, with their 10 %).
+
+    Example:
+        >>> bounds_from_fractions(np.array([[0.75, 0.25]]), 4, margin=0.5).tolist()
+        [[[6.0, 16.0], [2.0, 6.0]]]
+    """
+    if not 0.0 <= margin < 1.0:
+        raise WeaksegError(f"bounds margin must be in [0, 1), got {margin}")
+    sizes = np.asarray(fractions, dtype=np.float64)[..., None] * float(size) ** 2
+    bounds = sizes * np.array([1.0 - margin, 1.0 + margin])
+    return np.clip(bounds, 0.0, float(size) ** 2).astype(np.float32)
+
+
+def _bounds_from_estimates(fractions: np.ndarray, params: Mapping[str, float],
+                           size: int) -> np.ndarray:
+    return bounds_from_fractions(fractions, size, margin=float(params["margin"]))
+
+
 _lo, _hi = BOX_BOUNDS
 _DEFINED: dict[str, Prior] = {
     "tags": Prior("tags", "classes present in each training slice, from its full mask "
@@ -187,6 +223,12 @@ _DEFINED: dict[str, Prior] = {
                                       "square grid over each slice, estimated alike, read "
                                       "from the estimates file", spatial=True,
                                       on_crop="forbid", estimated="cell_fractions"),
+    "bounds_from_estimates": Prior("bounds", "size bounds = estimated class size x (1 -+ "
+                                   "margin) per slice, read from the estimates file (e.g. a "
+                                   "size regressor trained on the fully labelled slices: "
+                                   "'weakseg train-size-regressor'; no label of these slices "
+                                   "is read)", on_crop="forbid", estimated="fractions",
+                                   derive=_bounds_from_estimates, params={"margin": 0.1}),
     "index": Prior("index", "position of each sample in the training set (per-image Lagrange "
                    "multipliers)", listed=False, from_positions=lambda pos: pos),
 }
@@ -238,6 +280,41 @@ def check_priors(priors: Sequence[str], *, where: str = "data.priors") -> None:
                 f"'{seen[key]}' and '{name}' both give '{key}'")
             raise WeaksegError(f"{where}: {what}; keep one")
         seen[key] = name
+
+
+def check_prior_params(priors: Sequence[str], params: Mapping[str, object], *,
+                       where: str = "data") -> dict[str, dict[str, float]]:
+    """``<where>.prior_params`` checked against the listed ``priors``: each key a listed
+    prior that takes parameters, each parameter one it declares, a number; returns every
+    listed prior's parameters with the defaults filled in."""
+    out: dict[str, dict[str, float]] = {}
+    for name, given in params.items():
+        takes = [p for p in priors if p in _DEFINED and _DEFINED[p].params]
+        if name not in priors:
+            raise WeaksegError(f"{where}.prior_params names '{name}', which {where}.priors "
+                               f"does not list{did_you_mean(name, takes)}; list it or remove "
+                               "its parameters")
+        allowed = dict(_DEFINED[name].params)
+        if not allowed:
+            raise WeaksegError(f"{where}.prior_params: prior '{name}' takes no parameters")
+        if not isinstance(given, Mapping):
+            raise WeaksegError(f"{where}.prior_params.{name} must be a mapping, e.g. "
+                               f"{{{next(iter(allowed))}: {next(iter(allowed.values()))}}}")
+        for key, value in given.items():
+            if key not in allowed:
+                raise WeaksegError(f"{where}.prior_params.{name} has no parameter '{key}'"
+                                   f"{did_you_mean(str(key), list(allowed))}; allowed: "
+                                   f"{', '.join(allowed)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    0.0 <= float(value) < 1.0):
+                raise WeaksegError(f"{where}.prior_params.{name}.{key} must be a number in "
+                                   f"[0, 1), got {value!r}")
+    for name in priors:
+        if name in _DEFINED and _DEFINED[name].params:
+            given = params.get(name) or {}
+            out[name] = {**_DEFINED[name].params,
+                         **{k: float(v) for k, v in dict(given).items()}}  # type: ignore[call-overload]
+    return out
 
 
 def describe_priors(priors: Sequence[str], num_slices: int) -> list[str]:

@@ -292,6 +292,7 @@ def build_slices(
     norm: Normalization | None = None,
     allow_unlabelled: bool = False,
     class_names: Sequence[str] | None = None,
+    full: Collection[str] = (),
 ) -> SliceData:
     """Slice, normalise and resize ``volumes`` into a :class:`SliceData`.
 
@@ -305,7 +306,8 @@ def build_slices(
     targets are padded as unlabelled, full labels as background). ``annotation="none"``
     without priors gives nothing to learn from and is refused unless ``allow_unlabelled``
     (unlabelled images that other terms learn from: a target domain, source-free
-    adaptation from a trained model).
+    adaptation from a trained model). ``full``: keys of volumes whose target is their full
+    label map whatever ``annotation`` says (semi-supervision, ``data.full_labels``).
     """
     if not volumes:
         raise WeaksegError("no training volumes selected; check data.train and data.root")
@@ -324,32 +326,33 @@ def build_slices(
                 f"{len(unlabelled)} training volumes have none (e.g. {unlabelled[0]}); "
                 "remove data.priors or train on volumes with full masks"
             )
-    images, targets, keys, index, full = [], [], [], [], []
+    images, targets, keys, index, full_maps = [], [], [], [], []
     entries: list[dict[str, np.ndarray]] = []
     for vol in volumes:
-        target = resolve_annotation(vol, annotation, num_classes=num_classes, seed=seed,
+        own_annotation = "full" if vol.key in full else annotation
+        target = resolve_annotation(vol, own_annotation, num_classes=num_classes, seed=seed,
                                     params=annotation_params, class_names=class_names)
         maps = [np.asarray(target)] + ([np.asarray(vol.label)] if priors else [])
         x, (y, *lab) = to_grid(vol, size, spacing, maps, [IGNORE_INDEX, 0][:len(maps)], norm)
         if priors:
-            full.append(lab[0].numpy())
+            full_maps.append(lab[0].numpy())
         images.append(x)
         targets.append(y)
         keys += [vol.key] * x.shape[0]
         index += list(range(x.shape[0]))
-        own = annotation_entries(vol, annotation, num_classes=num_classes, seed=seed,
+        own = annotation_entries(vol, own_annotation, num_classes=num_classes, seed=seed,
                                  params=annotation_params, class_names=class_names)
         entries += [own] * x.shape[0]
-    extras = _stack_entries(entries, compute_priors(full, priors, num_classes=num_classes))
+    extras = _stack_entries(entries, compute_priors(full_maps, priors, num_classes=num_classes))
     recomputed = any(PRIOR_REGISTRY.get(p).on_crop == "recompute" for p in priors)
     crop_labels = None
     if recomputed:
         if num_classes > 256:
             raise WeaksegError(f"data.priors {priors} keep uint8 label maps for crops; "
                                f"{num_classes} classes do not fit")
-        crop_labels = torch.from_numpy(np.concatenate(full).astype(np.uint8))
+        crop_labels = torch.from_numpy(np.concatenate(full_maps).astype(np.uint8))
     data = SliceData(torch.cat(images), torch.cat(targets), keys, index, extras, crop_labels)
-    if annotation == "none" and not priors and not allow_unlabelled:
+    if annotation == "none" and not priors and not allow_unlabelled and not full:
         raise WeaksegError(
             "annotation 'none' gives no pixel label and data.priors is empty: nothing to "
             "learn from; list priors (e.g. data.priors=[tags, bounds_from_tags])"
@@ -391,21 +394,24 @@ def build_volumes(
     spacing: tuple[float, float] | None = None,
     norm: Normalization | None = None,
     class_names: Sequence[str] | None = None,
+    full: Collection[str] = (),
 ) -> SliceData:
     """3D training samples: ``depth``-slice windows of every volume (stride ``depth // 2``),
     in-plane resized to ``size × size`` (or resampled to ``spacing`` on the canvas, as
     :func:`build_slices`). Volumes with fewer slices are padded (image 0, unlabelled).
     ``images`` are ``(N, K, depth, size, size)``, ``targets`` ``(N, depth, size, size)``;
     ``index`` is the first slice of each window; a simulated annotation's per-volume entries
-    (:func:`annotation_entries`) are repeated for every window of the volume."""
+    (:func:`annotation_entries`) are repeated for every window of the volume; ``full``: as
+    for :func:`build_slices`."""
     if not volumes:
         raise WeaksegError("no training volumes selected; check data.train and data.root")
     images, targets, keys, index = [], [], [], []
     entries: list[dict[str, np.ndarray]] = []
     for vol in volumes:
-        target = resolve_annotation(vol, annotation, num_classes=num_classes, seed=seed,
+        own_annotation = "full" if vol.key in full else annotation
+        target = resolve_annotation(vol, own_annotation, num_classes=num_classes, seed=seed,
                                     params=annotation_params, class_names=class_names)
-        own = annotation_entries(vol, annotation, num_classes=num_classes, seed=seed,
+        own = annotation_entries(vol, own_annotation, num_classes=num_classes, seed=seed,
                                  params=annotation_params, class_names=class_names)
         x, (y,) = to_grid(vol, size, spacing, [np.asarray(target)], [IGNORE_INDEX], norm)
         for start in z_windows(depth, x.shape[0]):

@@ -64,7 +64,14 @@ from weakseg.data import DATASETS
 from weakseg.data.base import Volume, VolumeSet
 from weakseg.data.estimates import estimated_entries, file_digest, load_estimates
 from weakseg.data.intensity import Normalization, fit_normalization
-from weakseg.data.priors import ESTIMATED_PRIORS, ORACLE_PRIORS, PRIOR_KEYS, describe_priors
+from weakseg.data.priors import (
+    ESTIMATED_PRIORS,
+    ORACLE_PRIORS,
+    PRIOR_KEYS,
+    check_prior_params,
+    describe_priors,
+)
+from weakseg.data.semi import describe_split, full_label_keys
 from weakseg.data.slices import (
     SliceData,
     augment_batch,
@@ -661,8 +668,9 @@ def _training_samples(
             raise WeaksegError(f"{where}.priors {block.priors} are per-slice (2D) priors; a 3D "
                                "model takes fixed bounds (size loss params) or none")
     names = list(splits.dataset.class_names)
+    full = full_label_keys(splits.train, splits.dataset.volumes, cfg.data.full_labels)
     data = _samples(cfg, cfg.data, splits.train, names, spacing, norm, dims,
-                    where="data", allow_unlabelled=bool(cfg.train.init))
+                    where="data", allow_unlabelled=bool(cfg.train.init), full=full)
     target = None
     if cfg.data.target is not None and any(term.domain != "source" for term in cfg.loss):
         target = _samples(cfg, cfg.data.target, splits.target_train, names, spacing, norm,
@@ -692,11 +700,12 @@ def _validation_priors(cfg: Config, recipe: LossRecipe) -> list[str]:
 def _samples(
     cfg: Config, d: DataConfig | TargetConfig, volumes: list[Volume], class_names: list[str],
     spacing: tuple[float, float] | None, norm: Normalization, dims: int, *,
-    where: str, allow_unlabelled: bool,
+    where: str, allow_unlabelled: bool, full: set[str] | None = None,
 ) -> SliceData:
     """2D slices or 3D windows of ``volumes`` with the annotation and priors of ``d``
     (``where``: ``data`` or ``data.target``): the priors computed from full label maps, then
-    the estimated ones read from ``d.estimates`` by slice identity."""
+    the estimated ones read from ``d.estimates`` by slice identity; the volumes of ``full``
+    (``data.full_labels``) train on their full masks."""
     num_classes = len(class_names)
     priors = [p for p in d.priors if p not in ESTIMATED_PRIORS]
     estimated = [p for p in d.priors if p in ESTIMATED_PRIORS]
@@ -705,18 +714,19 @@ def _samples(
             volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
             depth=cfg.data.patch_depth, seed=d.annotation_seed,
             annotation_params=d.annotation_params, spacing=spacing, norm=norm,
-            class_names=class_names,
+            class_names=class_names, full=full or (),
         )
     data = build_slices(
         volumes, annotation=d.annotation, num_classes=num_classes, size=cfg.data.size,
         seed=d.annotation_seed, annotation_params=d.annotation_params, priors=priors,
         spacing=spacing, norm=norm, allow_unlabelled=allow_unlabelled or bool(estimated),
-        class_names=class_names,
+        class_names=class_names, full=full or (),
     )
     if estimated:
         data.extras.update(estimated_entries(
             str(d.estimates), estimated, data.keys, data.index, class_names=class_names,
-            size=cfg.data.size, spacing=spacing, where=where))
+            size=cfg.data.size, spacing=spacing, where=where,
+            params=check_prior_params(d.priors, d.prior_params, where=where)))
     return data
 
 
@@ -810,6 +820,10 @@ def _log_setup(run: Run, log: Logger) -> None:
         f"{len(splits.val)} validation volumes, {cfg.train.epochs} epochs × {run.steps} steps, "
         f"{run.device}"
     )
+    if cfg.data.full_labels:
+        full = full_label_keys(splits.train, splits.dataset.volumes, cfg.data.full_labels)
+        log(f"semi-supervised: {describe_split(splits.train, full, cfg.data.annotation)} "
+            f"(data.full_labels={cfg.data.full_labels!r})")
     if splits.unscored:
         listed = ", ".join(splits.unscored[:5]) + ("…" if len(splits.unscored) > 5 else "")
         log(f"not scored (weak labels only): {len(splits.unscored)} validation/test volumes "
