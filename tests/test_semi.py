@@ -234,3 +234,39 @@ def test_train_size_regressor_errors():
     raw["data"]["full_labels"] = "0"
     with pytest.raises(WeaksegError, match="--holdout 1 leaves no fully labelled patient"):
         train_size_regressor(config_from_dict(raw), steps=1)
+
+
+def test_full_labels_3d_windows():
+    from weakseg.data.slices import build_volumes
+
+    vset = DATASETS.build("phantom", num_volumes=2, size=32, slices=4, seed=0)
+    data = build_volumes(vset.volumes, annotation="none", num_classes=4, size=32, depth=4,
+                         full={"phantom_001"})
+    assert data.keys == ["phantom_000", "phantom_001"]
+    assert (data.targets[0] == IGNORE_INDEX).all() and (data.targets[1] != IGNORE_INDEX).all()
+
+
+def test_cli_reports_the_regressor_error(tmp_path, capsys):
+    import yaml
+
+    from weakseg.cli import main
+
+    raw = tiny_config()
+    raw["data"].update({"annotation": "sim:points", "full_labels": "0-1"})
+    cfg = tmp_path / "semi.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "sizes.npz"
+    argv = ["train-size-regressor", "--config", str(cfg), "--out", str(out), "--steps", "5",
+            "--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    est = load_estimates(out)
+    assert est.mae is not None and est.mae_slices == 4
+    assert ("mean absolute error of the class fractions on 4 slices of held-out patients "
+            "(phantom_001): background ") in printed
+    assert f"RV {est.mae[1]:.4f}" in printed
+    assert "estimated the class sizes of 4 weakly labelled slices (12 training slices" in printed
+    assert main(argv) == 2  # exists
+    assert main([*argv, "--force", "--holdout", "0"]) == 0
+    assert "not measured" in capsys.readouterr().out
+    assert load_estimates(out).mae is None
