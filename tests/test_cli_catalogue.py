@@ -483,6 +483,26 @@ REGRESSOR_CASES = {
     "out not npz": (_regressor(out="{OUT}/s.csv"), "must end in .npz"),
 }
 
+def _cam(*extra: str, ckpt: str = "{CKPT}", out: str = "{OUT}/c.npz",
+         tags: bool = True) -> list[str]:
+    return ["cam", "--checkpoint", ckpt, "--config", "{CFG}", "--out", out, *extra,
+            *(["--set", "data.priors=[tags]"] if tags else [])]
+
+
+CAM_CASES = {
+    **{name: (_cam(ckpt=ck), match) for name, (ck, match) in CHECKPOINT_CASES.items()},
+    "checkpoint not a CAM model": (_cam(), "is a unet2d model, not a CAM classifier"),
+    "tags missing": (_cam(tags=False), "CAM pseudo-masks need image tags"),
+    "threshold above 1": (_cam("--threshold", "1.5"), "CAM threshold must be a number in (0, 1)"),
+    "threshold nan": (_cam("--threshold", "nan"), "CAM threshold must be a number in (0, 1)"),
+    "threshold not a number": (_cam("--threshold", "high"), "invalid float value: 'high'"),
+    "unknown refinement": (_cam("--refine", "crff"), "invalid choice: 'crff'"),
+    "plot slices zero": (_cam("--plot", "--plot-slices", "0"), "--plot-slices must be ≥ 1"),
+    "out inside the data folder": (_cam(out="{IN}/h5/c.npz"), "is inside the data folder"),
+    "out not npz": (_cam(out="{OUT}/c.csv"), "must end in .npz"),
+    "out exists": (_cam(out="{IN}/estimates.npz"), "exists; pass --force to replace it"),
+}
+
 DEMO_CASES = {
     "epochs zero": (["demo", "--epochs", "0", "--out", "{OUT}/demo"], "--epochs must be ≥ 1"),
     "size not multiple of 16": (["demo", "--size", "40", "--out", "{OUT}/demo"],
@@ -533,6 +553,13 @@ def test_train_size_regressor_bad_input(case, inputs, tmp_path, capsys):
     argv, match = REGRESSOR_CASES[case]
     _assert_one_line_error(*_run(argv, inputs, tmp_path, capsys), match)
     assert not list(tmp_path.glob("*.npz"))
+
+
+@pytest.mark.parametrize("case", _ids(CAM_CASES))
+def test_cam_bad_input(case, inputs, tmp_path, capsys):
+    argv, match = CAM_CASES[case]
+    _assert_one_line_error(*_run(argv, inputs, tmp_path, capsys), match)
+    assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob("*.png"))
 
 
 @pytest.mark.parametrize("case", _ids(DEMO_CASES))

@@ -200,9 +200,9 @@ def test_registry_names_keys_and_transforms():
 
     assert PRIORS == ("tags", "boxes", "bounds_from_tags", "bounds_from_boxes",
                       "oracle_bounds", "estimated_fractions", "estimated_cell_fractions",
-                      "bounds_from_estimates")
+                      "bounds_from_estimates", "estimated_masks")
     assert PRIOR_KEYS["bounds_from_boxes"] == "bounds"
-    assert SPATIAL_EXTRAS == {"boxes", "cell_fractions"}
+    assert SPATIAL_EXTRAS == {"boxes", "cell_fractions", "pseudo_masks"}
     assert SAMPLE_KEYS == {"index"} and "index" not in PRIORS
     assert {PRIOR_REGISTRY.get(n).on_crop for n in ("tags", "boxes")} == {"recompute"}
     with pytest.raises(WeaksegError, match="did you mean 'boxes'"):

@@ -204,7 +204,8 @@ def test_contract_every_registered_loss(name, shape):
     loss = LOSSES.build(name, **params)
     full = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
     batch = {"target": target, "image": image, **_priors(full, shape[1]),
-             "labelled_classes": torch.rand(shape[:2], generator=gen) < 0.5}
+             "labelled_classes": torch.rand(shape[:2], generator=gen) < 0.5,
+             "pseudo_masks": target}
     assert set(loss.inputs) <= set(batch), f"the contract test cannot feed {loss.inputs}"
     keys = (*loss.inputs, *getattr(loss, "optional_inputs", ()))
     value = loss(logits, **{k: batch[k] for k in keys if k in batch})

@@ -33,6 +33,8 @@ quick start:
   weakseg report runs/pce runs/crf                   curves and overlays side by side (HTML)
   weakseg estimate-priors --checkpoint runs/src/best.pt --config configs/lge_curriculum.yaml \
       --out runs/lge_estimates.npz          target label distributions for curriculum DA
+  weakseg cam --checkpoint runs/cam/best.pt --config configs/acdc_tags_cam_seg.yaml \
+      --out runs/cam_masks.npz --refine size+crf --plot   CAM pseudo-masks from image tags
   weakseg train-size-regressor --config configs/acdc_semi_n3_points_size.yaml \
       --out runs/semi_n3_sizes.npz          size bounds from 3 fully labelled patients
   weakseg list losses
@@ -43,7 +45,7 @@ errors: a mistake in the input prints one line, 'error: <what is wrong and how t
 exits with status 2; inputs are never modified. --debug shows the traceback of an unexpected
 error. predict refuses to write into its input (--force replaces existing label maps elsewhere);
 evaluate refuses volumes without a label map (--allow-missing skips and lists them);
-estimate-priors refuses to write inside a data folder (--force replaces an earlier file).
+estimate-priors and cam refuse to write inside a data folder (--force replaces an earlier file).
 """
 
 
@@ -259,6 +261,50 @@ def _cmd_train_size_regressor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cam(args: argparse.Namespace) -> int:
+    from weakseg.config import load_config
+    from weakseg.data.estimates import save_estimates
+    from weakseg.engine.device import resolve_device
+    from weakseg.pseudo.cam import cam_estimates, check_threshold
+
+    out = check_output_file(args.out, "--out", ".npz")
+    threshold = check_threshold(args.threshold)
+    if args.plot_slices < 1:
+        raise WeaksegError(f"--plot-slices must be ≥ 1, got {args.plot_slices}")
+    cfg = load_config(args.config, args.set)
+    plot = out.with_suffix(".png") if args.plot else None
+    for path in (out, plot):
+        for folder in _data_folders(cfg):
+            if path is not None and is_within(path, folder):
+                raise WeaksegError(f"--out {out} is inside the data folder {folder} (an input, "
+                                   f"never written to); write it elsewhere, e.g. "
+                                   f"runs/{out.name}")
+    if out.exists() and not args.force:
+        raise WeaksegError(f"--out {out} exists; pass --force to replace it")
+    result = cam_estimates(args.checkpoint, cfg, threshold=threshold, refine=args.refine,
+                           plot_slices=args.plot_slices if plot else 0,
+                           device=resolve_device(args.device))
+    est = result.estimates
+    save_estimates(est, out)
+    shares = ", ".join(f"{c} {v:.4f}" for c, v in zip(est.class_names, est.fractions.mean(0),
+                                                       strict=True))
+    print(f"CAM pseudo-masks (threshold {threshold:g}, refinement {args.refine}) of "
+          f"{len(est)} training slices ({len(set(est.keys))} volumes) with {args.checkpoint} "
+          f"(mean class fractions: {shares}); written to {out}")
+    if plot is not None and result.plot is not None:
+        from weakseg.report.cam import plot_cams
+
+        p = result.plot
+        plot_cams(plot, p["images"][:, 0].numpy(), p["cams"].numpy(),
+                  {"threshold": p["threshold"].numpy(), f"refined ({p['refine']})":
+                   p["refined"].numpy(), "ground truth": p["truth"].numpy()},
+                  tags=p["tags"].numpy(), row_titles=p["titles"], class_names=p["class_names"])
+        print(f"picture of {len(p['titles'])} validation slices written to {plot}")
+    print(f"train with data.priors: [estimated_masks], data.estimates: {out} and the loss "
+          "pseudo_ce (configs/acdc_tags_cam_seg.yaml)")
+    return 0
+
+
 def _data_folders(cfg: Any) -> list[Path]:
     """The folders a config reads data from (``root``, ``params.root`` or ``params.roots``
     of ``data`` and ``data.target``), those that exist."""
@@ -451,6 +497,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train_size_regressor)
+
+    p = sub.add_parser("cam", parents=[debug],
+                       help="pseudo-masks of the training slices from the class activation "
+                            "maps of a classifier trained on image tags (C13)")
+    p.add_argument("--checkpoint", required=True,
+                   help="best.pt of a CAM classifier run (model unet2d_cam, loss tag_bce)")
+    p.add_argument("--config", required=True,
+                   help="config whose data.train slices get masks, on its data.size / "
+                        "data.spacing; its data.priors must list tags")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, as for train")
+    p.add_argument("--out", required=True,
+                   help="the .npz estimates file to write (never inside a data folder)")
+    p.add_argument("--threshold", type=float, default=0.3,
+                   help="CAM threshold in (0, 1): below it in every present class, background "
+                        "(default: 0.3)")
+    p.add_argument("--refine", default="none",
+                   choices=("none", "size", "crf", "graphcut", "size+crf", "size+graphcut"),
+                   help="none: threshold only; size: cut/grow each class to the size bounds "
+                        "of bounds_from_tags; crf / graphcut: dense CRF mean-field / Potts "
+                        "graph cut with the CAM as unary; size+...: both (default: none)")
+    p.add_argument("--plot", action="store_true",
+                   help="also write <out>.png: raw CAM, thresholded and refined masks and ground "
+                        "truth of validation slices (data.val)")
+    p.add_argument("--plot-slices", type=int, default=6,
+                   help="validation slices in the picture (default: 6)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_cam)
 
     p = sub.add_parser("report", parents=[debug],
                        help="one HTML page to browse runs side by side (curves, overlays)")

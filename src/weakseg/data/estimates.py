@@ -20,6 +20,9 @@ array               shape                     what it is
 ``spacing``         ``(2,)`` or ``(0,)``      its pixel size in mm (empty: square resize)
 ``method``          ()                        how the fractions were estimated
 ``source``          ()                        what estimated them (the checkpoint)
+``masks``           ``(N, S, S)`` int16       optional: a pseudo-mask per slice (class
+                                              index, ``-100`` where it abstains), e.g. the
+                                              CAM masks of ``weakseg cam`` (C13)
 ``mae``             ``(C,)`` float64          optional: the estimator's own mean absolute
                                               error of each class fraction on held-out
                                               labelled slices (size regressor)
@@ -74,11 +77,15 @@ class Estimates:
     spacing: tuple[float, float] | None
     method: str = ""
     source: str = ""
+    masks: np.ndarray | None = None
     mae: np.ndarray | None = None
     mae_slices: int = 0
 
     def __post_init__(self) -> None:
         n, c = len(self.keys), len(self.class_names)
+        if self.masks is not None and self.masks.shape != (n, self.size, self.size):
+            raise WeaksegError(f"estimates of {n} slices on a {self.size}² canvas need masks "
+                               f"({n}, {self.size}, {self.size}); got {self.masks.shape}")
         if len(self.index) != n or self.fractions.shape != (n, c) or (
                 self.cell_fractions.ndim != 4 or self.cell_fractions.shape[:2] != (n, c)
                 or self.cell_fractions.shape[2] != self.cell_fractions.shape[3]):
@@ -115,6 +122,8 @@ def save_estimates(estimates: Estimates, path: str | Path) -> Path:
     if estimates.mae is not None:
         arrays["mae"] = np.asarray(estimates.mae, dtype=np.float64)
         arrays["mae_slices"] = np.asarray(estimates.mae_slices, dtype=np.int64)
+    if estimates.masks is not None:
+        arrays["masks"] = np.asarray(estimates.masks, dtype=np.int16)
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return path
@@ -137,7 +146,9 @@ def load_estimates(path: str | Path, *, where: str = "estimates") -> Estimates:
                     f"{where}: {path} is not an estimates file of weakseg estimate-priors "
                     f"({f'no {missing}' if missing else 'format ' + str(z['format'])})")
             spacing = tuple(float(v) for v in z["spacing"])
+            masks = z["masks"].astype(np.int64) if "masks" in z.files else None
             return Estimates(
+                masks=masks,
                 keys=[str(k) for k in z["keys"]], index=[int(i) for i in z["index"]],
                 fractions=z["fractions"].astype(np.float32),
                 cell_fractions=z["cell_fractions"].astype(np.float32),
@@ -216,6 +227,10 @@ def estimated_entries(
         if prior not in ESTIMATED_PRIORS:
             raise WeaksegError(f"prior '{prior}' is not read from an estimates file; those are "
                                f"{', '.join(ESTIMATED_PRIORS)}")
+        field = str(PRIOR_REGISTRY.get(prior).estimated)
+        if getattr(est, field) is None:
+            raise WeaksegError(f"{name} has no {field} (prior '{prior}' reads them); write a "
+                               "file with them, e.g. 'weakseg cam' for estimated_masks")
         entry = PRIOR_REGISTRY.get(prior)
         values = getattr(est, str(entry.estimated))[take]
         if entry.derive is not None:

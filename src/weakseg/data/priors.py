@@ -31,6 +31,10 @@ prior                         batch key           what it is
 ``estimated_cell_fractions``  ``cell_fractions``  ``(N, C, g, g)`` float: the same per cell of a
                                                   ``g × g`` grid (cell ``(i, j)``: rows
                                                   ``i·S/g …``, columns ``j·S/g …``)
+``estimated_masks``           ``pseudo_masks``    ``(N, S, S)`` float: a pseudo-mask per slice
+                                                  (class index, ``-100``: abstains) read from
+                                                  the file, e.g. the CAM masks of ``weakseg
+                                                  cam`` (C13); loss ``pseudo_ce``
 ``bounds_from_estimates``     ``bounds``          ``(N, C, 2)``: the estimated size of every
                                                   class ``× (1 ∓ margin)`` (default 0.1), in
                                                   pixels, from the same file: curriculum size
@@ -229,6 +233,11 @@ _DEFINED: dict[str, Prior] = {
                                    "'weakseg train-size-regressor'; no label of these slices "
                                    "is read)", on_crop="forbid", estimated="fractions",
                                    derive=_bounds_from_estimates, params={"margin": 0.1}),
+    "estimated_masks": Prior("pseudo_masks", "pseudo-mask of each slice (class index, -100 "
+                             "where it abstains), e.g. thresholded class activation maps of a "
+                             "classifier trained on tags (weakseg cam, C13), read from the "
+                             "estimates file (a crop is refused, as for every estimated "
+                             "prior)", spatial=True, on_crop="forbid", estimated="masks"),
     "index": Prior("index", "position of each sample in the training set (per-image Lagrange "
                    "multipliers)", listed=False, from_positions=lambda pos: pos),
 }

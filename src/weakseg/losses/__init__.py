@@ -41,7 +41,11 @@ from weakseg.losses.entropy import (
     marginal_prior_loss,
     mutual_information_loss,
 )
-from weakseg.losses.partial import PartialCrossEntropyLoss, partial_cross_entropy
+from weakseg.losses.partial import (
+    PartialCrossEntropyLoss,
+    PseudoMaskCrossEntropyLoss,
+    partial_cross_entropy,
+)
 from weakseg.losses.partial_labels import (
     MarginalCrossEntropyLoss,
     PriorAwareLoss,
@@ -50,6 +54,7 @@ from weakseg.losses.partial_labels import (
 )
 from weakseg.losses.proposal import ProposalLoss, proposal_cross_entropy
 from weakseg.losses.supervised import CEDiceLoss, ce_dice_loss, soft_dice_loss
+from weakseg.losses.tags import TagBCELoss, tag_bce_loss
 
 __all__ = [
     "LOSSES",
@@ -68,7 +73,9 @@ __all__ = [
     "PartialCrossEntropyLoss",
     "PriorAwareLoss",
     "ProposalLoss",
+    "PseudoMaskCrossEntropyLoss",
     "SizeConstraintLoss",
+    "TagBCELoss",
     "TagConstraintLoss",
     "ce_dice_loss",
     "dense_crf_loss",
@@ -84,4 +91,5 @@ __all__ = [
     "prior_aware_loss",
     "proposal_cross_entropy",
     "soft_dice_loss",
+    "tag_bce_loss",
 ]

@@ -23,7 +23,7 @@ from weakseg.data.base import IGNORE_INDEX
 from weakseg.losses._utils import check_logits_target, check_reduction
 from weakseg.losses.base import LOSSES
 
-__all__ = ["PartialCrossEntropyLoss", "partial_cross_entropy"]
+__all__ = ["PartialCrossEntropyLoss", "PseudoMaskCrossEntropyLoss", "partial_cross_entropy"]
 
 
 def partial_cross_entropy(
@@ -85,4 +85,32 @@ class PartialCrossEntropyLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return partial_cross_entropy(
             logits, target, ignore_index=self.ignore_index, reduction=self.reduction
+        )
+
+
+@LOSSES.register("pseudo_ce", help="partial cross-entropy on pseudo-masks read from a file "
+                 "(data.priors: [estimated_masks], e.g. CAM masks of 'weakseg cam', C13)")
+class PseudoMaskCrossEntropyLoss(nn.Module):
+    """:func:`partial_cross_entropy` against the batch entry ``pseudo_masks`` ``(B, *spatial)``
+    (class indices, ``ignore_index`` where the pseudo-mask abstains; a float map of such
+    values, as the estimates file gives, is rounded) instead of the annotation ``target``.
+
+    Example:
+        >>> masks = torch.zeros(2, 8, 8)
+        >>> PseudoMaskCrossEntropyLoss()(torch.zeros(2, 3, 8, 8), masks).item()  # log 3
+        1.0986...
+    """
+
+    inputs = ("pseudo_masks",)
+
+    def __init__(self, *, ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> None:
+        super().__init__()
+        check_reduction(reduction)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, pseudo_masks: torch.Tensor) -> torch.Tensor:
+        masks = pseudo_masks.round().long() if pseudo_masks.is_floating_point() else pseudo_masks
+        return partial_cross_entropy(
+            logits, masks, ignore_index=self.ignore_index, reduction=self.reduction
         )
