@@ -362,3 +362,38 @@ def test_cam_estimates_errors(cam_run, tmp_path):
     train(config_from_dict(seg), tmp_path / "unet", log=_quiet, progress=False)
     with pytest.raises(WeaksegError, match="is a unet2d model, not a CAM classifier"):
         cam_estimates(tmp_path / "unet" / "best.pt", cfg)
+
+
+@pytest.mark.parametrize("refine", ["none", "size", "crf", "graphcut", "size+crf",
+                                    "size+graphcut"])
+def test_every_refinement_on_the_training_slices(cam_run, refine):
+    """Every refinement gives one mask per training slice, keyed like the slices, with no
+    class the slice's tags call absent; size bounds are met where they apply."""
+    raw = _classifier_config(cam_run["root"])
+    raw["data"]["priors"] = ["tags", "bounds_from_tags"]
+    cfg = config_from_dict(raw)
+    result = cam_estimates(cam_run["ckpt"], cfg, threshold=0.3, refine=refine)
+    est = result.estimates
+    assert result.plot is None and est.masks is not None and est.masks.shape == (12, 32, 32)
+    assert est.keys[:4] == ["phantom_000"] * 4 and est.index[:4] == [0, 1, 2, 3]
+    vset = DATASETS.build("phantom", num_volumes=4, size=32, slices=4, seed=0)
+    truth = np.concatenate([v.label for v in vset.volumes[:3]])
+    present = F.one_hot(torch.from_numpy(truth).long(), 4).amax((1, 2)).numpy().astype(bool)
+    for c in range(1, 4):
+        assert not (est.masks[~present[:, c]] == c).any()
+    if refine.startswith("size"):  # within the (min, max) class size of the training masks
+        for c in range(1, 4):
+            true = (truth == c).sum((1, 2))[present[:, c]]
+            got = (est.masks == c).sum((1, 2))[present[:, c]]
+            assert (got >= true.min()).all() and (got <= true.max()).all(), (c, got, true)
+
+
+def test_refine_size_cuts_before_it_grows():
+    """A class that floods the slice is cut first, so the others can grow into the space."""
+    cams = torch.zeros(1, 3, 4, 4)
+    cams[0, 2] = torch.linspace(0, 1, 16).view(4, 4)
+    cams[0, 1, 0] = 1.0
+    labels = torch.full((1, 4, 4), 2)
+    out = refine_size(labels, cams, torch.tensor([[[0.0, 16.0], [4.0, 8.0], [0.0, 5.0]]]))
+    assert int((out == 2).sum()) == 5 and (out[0, 3, 3] == 2)
+    assert int((out == 1).sum()) == 4 and (out[0, 0] == 1).all()

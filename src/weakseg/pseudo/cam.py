@@ -131,10 +131,11 @@ def threshold_cams(cams: torch.Tensor, tags: torch.Tensor | None = None, *,
 def refine_size(labels: torch.Tensor, cams: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """Cut or grow every foreground class of ``labels`` to its size bounds, by CAM rank.
 
-    A class with more than ``max`` pixels keeps its ``floor(max)`` highest-CAM pixels (the
-    rest become background); one with fewer than ``min`` takes the ``ceil(min) - n``
-    highest-CAM background pixels. The background's bounds are not read; infinite bounds
-    leave a class alone. Returns a new tensor.
+    First, a class with more than ``max`` pixels keeps its ``floor(max)`` highest-CAM pixels
+    (the rest become background); then one with fewer than ``min`` takes the
+    ``ceil(min) - n`` highest-CAM background pixels (a class grows only into background).
+    The background's bounds are not read; infinite bounds leave a class alone. Returns a new
+    tensor.
 
     Args:
         labels: ``(B, H, W)`` int64 (e.g. :func:`threshold_cams`).
@@ -156,17 +157,19 @@ def refine_size(labels: torch.Tensor, cams: torch.Tensor, bounds: torch.Tensor) 
     out = labels.clone()
     for b in range(labels.shape[0]):
         flat = out[b].view(-1)
-        for c in range(1, cams.shape[1]):
-            lo, hi = float(bounds[b, c, 0]), float(bounds[b, c, 1])
+        for c in range(1, cams.shape[1]):          # first cut every class to its maximum,
+            hi = float(bounds[b, c, 1])
             score = cams[b, c].reshape(-1)
             mine = flat == c
             n = int(mine.sum())
             if math.isfinite(hi) and n > hi:
-                keep = max(int(math.floor(hi)), 0)
                 ranked = torch.where(mine, score, torch.full_like(score, -math.inf))
-                order = ranked.argsort(descending=True)
-                flat[order[keep:n]] = 0
-            elif math.isfinite(lo) and n < math.ceil(lo):
+                flat[ranked.argsort(descending=True)[max(int(math.floor(hi)), 0):n]] = 0
+        for c in range(1, cams.shape[1]):          # then grow into the freed background
+            lo = float(bounds[b, c, 0])
+            score = cams[b, c].reshape(-1)
+            n = int((flat == c).sum())
+            if math.isfinite(lo) and n < math.ceil(lo):
                 free = flat == 0
                 grow = min(int(math.ceil(lo)) - n, int(free.sum()))
                 ranked = torch.where(free, score, torch.full_like(score, -math.inf))
