@@ -181,6 +181,8 @@ def _maps() -> tuple[torch.Tensor, torch.Tensor]:
     cams[0, 1, :, 2] = 0.2
     cams[0, 2, 0, 3] = 1.0
     cams[0, 2, 0, 2] = 0.4
+    cams[0, 2, 1, 2:] = 0.1                                            # a weak tail
+    cams[0, 2, 2, 3] = 0.05
     return cams, torch.tensor([[True, True, True]])
 
 
@@ -215,7 +217,10 @@ def test_refine_size_cuts_and_grows_by_cam_rank():
     out = refine_size(labels, cams, bounds)
     assert int((out == 1).sum()) == 4 and (out[0, :, 0] == 1).all()    # the 4 at 0.9 kept
     assert int((out == 2).sum()) == 5                                  # grown to 5 by CAM
-    assert out[0, 0, 3] == 2 and out[0, 0, 2] == 2
+    assert (out[0, 0, 2:] == 2).all() and (out[0, 1, 2:] == 2).all() and out[0, 2, 3] == 2
+    # growth only onto pixels where the class's CAM is positive (here 5 of them)
+    more = refine_size(labels, cams, torch.tensor([[[0.0, 16.0], [2.0, 4.5], [9.0, 9.0]]]))
+    assert int((more == 2).sum()) == 5
     assert torch.equal(cams, before[0]) and torch.equal(labels, before[1])
     assert torch.equal(bounds, before[2])
     absent = refine_size(labels, cams, torch.tensor([[[0.0, 16.0], [0.0, 0.0], [0.0, 16.0]]]))
@@ -381,11 +386,11 @@ def test_every_refinement_on_the_training_slices(cam_run, refine):
     present = F.one_hot(torch.from_numpy(truth).long(), 4).amax((1, 2)).numpy().astype(bool)
     for c in range(1, 4):
         assert not (est.masks[~present[:, c]] == c).any()
-    if refine.startswith("size"):  # within the (min, max) class size of the training masks
+    if refine.startswith("size"):  # at most the largest class size of the training masks
         for c in range(1, 4):
             true = (truth == c).sum((1, 2))[present[:, c]]
             got = (est.masks == c).sum((1, 2))[present[:, c]]
-            assert (got >= true.min()).all() and (got <= true.max()).all(), (c, got, true)
+            assert (got <= true.max()).all(), (c, got, true)
 
 
 def test_refine_size_cuts_before_it_grows():
@@ -393,6 +398,7 @@ def test_refine_size_cuts_before_it_grows():
     cams = torch.zeros(1, 3, 4, 4)
     cams[0, 2] = torch.linspace(0, 1, 16).view(4, 4)
     cams[0, 1, 0] = 1.0
+    cams[0, 1, 1] = 0.5
     labels = torch.full((1, 4, 4), 2)
     out = refine_size(labels, cams, torch.tensor([[[0.0, 16.0], [4.0, 8.0], [0.0, 5.0]]]))
     assert int((out == 2).sum()) == 5 and (out[0, 3, 3] == 2)

@@ -133,7 +133,8 @@ def refine_size(labels: torch.Tensor, cams: torch.Tensor, bounds: torch.Tensor) 
 
     First, a class with more than ``max`` pixels keeps its ``floor(max)`` highest-CAM pixels
     (the rest become background); then one with fewer than ``min`` takes the
-    ``ceil(min) - n`` highest-CAM background pixels (a class grows only into background).
+    ``ceil(min) - n`` highest-CAM background pixels (a class grows only into background, and
+    only onto pixels where its CAM is positive: a class its CAM does not see stays small).
     The background's bounds are not read; infinite bounds leave a class alone. Returns a new
     tensor.
 
@@ -170,7 +171,7 @@ def refine_size(labels: torch.Tensor, cams: torch.Tensor, bounds: torch.Tensor) 
             score = cams[b, c].reshape(-1)
             n = int((flat == c).sum())
             if math.isfinite(lo) and n < math.ceil(lo):
-                free = flat == 0
+                free = (flat == 0) & (score > 0)   # never onto pixels its CAM calls empty
                 grow = min(int(math.ceil(lo)) - n, int(free.sum()))
                 ranked = torch.where(free, score, torch.full_like(score, -math.inf))
                 flat[ranked.argsort(descending=True)[:grow]] = c
