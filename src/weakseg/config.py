@@ -38,9 +38,19 @@ import yaml
 
 from weakseg.adapt import DOMAINS, INIT_PRIOR, init_prior_terms, with_init_prior
 from weakseg.annotate import ANNOTATORS
-from weakseg.annotate.base import CONTEXT, check_annotator_params, context_kwargs
+from weakseg.annotate.base import CONTEXT, VOLUME_ENTRIES, check_annotator_params, context_kwargs
 from weakseg.data import DATASETS
+from weakseg.data.priors import (
+    ESTIMATED_PRIORS,
+    PRIOR_KEYS,
+    SAMPLE_KEYS,
+    check_prior_params,
+    check_priors,
+    priors_providing,
+)
+from weakseg.data.splits import parse_groups
 from weakseg.errors import WeaksegError
+from weakseg.losses import LOSSES
 from weakseg.losses.recipe import LossRecipe, LossTerm
 from weakseg.models import MODELS
 from weakseg.registry import check_kwargs, did_you_mean
@@ -340,10 +350,6 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Value checks that span fields or need the registries."""
-    from weakseg.data import DATASETS
-    from weakseg.losses import LOSSES
-    from weakseg.models import MODELS
-
     MODELS.get(cfg.model.name)
     DATASETS.get(cfg.data.name)
     for term in cfg.loss:
@@ -377,8 +383,6 @@ def validate(cfg: Config) -> None:
             f"config 'data.crop' must be a multiple of 16 between 16 and data.size "
             f"({cfg.data.size}), got {crop}"
         )
-    from weakseg.data.priors import ESTIMATED_PRIORS, priors_providing
-
     bounds = [p for p in cfg.data.priors if p in priors_providing("bounds")]
     if crop is not None and bounds:
         raise WeaksegError(
@@ -405,7 +409,6 @@ def _prior_lists(cfg: Config) -> list[tuple[str, list[str]]]:
 def _check_estimates(cfg: Config) -> None:
     """Estimated priors need an estimates file and an estimates file needs them; the target
     takes estimated priors only (it has no full label maps to compute the others from)."""
-    from weakseg.data.priors import ESTIMATED_PRIORS, check_prior_params, check_priors
 
     blocks: list[tuple[str, DataConfig | TargetConfig]] = [("data", cfg.data)]
     if cfg.data.target is not None:
@@ -437,9 +440,6 @@ def _check_full_labels(d: DataConfig) -> None:
     """``data.full_labels``: not with full annotations everywhere nor with an annotation
     that brings per-volume entries; numbers inside a numeric ``train`` (the rest is checked
     against the volumes when the data are read)."""
-    from weakseg.annotate.base import VOLUME_ENTRIES
-    from weakseg.data.splits import parse_groups
-
     if not d.full_labels:
         return
     if d.annotation == "full":
@@ -546,8 +546,6 @@ def _check_loss_inputs(cfg: Config, recipe: LossRecipe) -> None:
     """Every batch entry a loss reads must come from the data of its domain: image, target,
     the sample index, or a prior of that domain's ``priors`` (priors computed from full label
     maps are for the ``data:`` samples only; the target takes estimated priors)."""
-    from weakseg.data.priors import ESTIMATED_PRIORS, PRIOR_KEYS, SAMPLE_KEYS, priors_providing
-
     samples = {"image", "target"} | SAMPLE_KEYS
     have = {where: samples | {PRIOR_KEYS[p] for p in priors}
             for where, priors in _prior_lists(cfg)}
