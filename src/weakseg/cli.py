@@ -452,7 +452,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("estimate-priors", parents=[debug],
+    # the options every command that writes an estimates file shares
+    estimates = argparse.ArgumentParser(add_help=False)
+    estimates.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                           help="override config values, as for train")
+    estimates.add_argument("--device", default="auto",
+                           help="auto (CUDA when available), cpu, cuda, cuda:N or mps "
+                                "(default: auto)")
+    estimates.add_argument("--force", action="store_true",
+                           help="replace an existing --out file")
+
+    p = sub.add_parser("estimate-priors", parents=[debug, estimates],
                        help="estimate the class fractions of the target's training slices "
                             "with a source model (curriculum domain adaptation)")
     p.add_argument("--checkpoint", required=True,
@@ -460,30 +470,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True,
                    help="the adaptation config: its data.target.train slices are estimated "
                         "(data.train without a target block), on its data.size / data.spacing")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, as for train")
     p.add_argument("--out", required=True,
                    help="the .npz file to write (never inside a data folder)")
     p.add_argument("--grid", type=int, default=4,
                    help="g: class fractions also per cell of a g x g grid; must divide "
                         "data.size (default: 4)")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--tta", action="store_true",
                    help="average the softmax over the 4 flips of each slice")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_estimate_priors)
 
-    p = sub.add_parser("train-size-regressor", parents=[debug],
+    p = sub.add_parser("train-size-regressor", parents=[debug, estimates],
                        help="fit a size regressor on the data.full_labels patients and "
                             "estimate the class sizes of the other training slices "
                             "(curriculum size bounds)")
     p.add_argument("--config", required=True,
                    help="a semi-supervised config (data.full_labels); its data.train slices "
                         "are estimated on its data.size / data.spacing")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, as for train")
     p.add_argument("--out", required=True,
                    help="the .npz estimates file to write (never inside a data folder)")
     p.add_argument("--holdout", type=int, default=1,
@@ -492,13 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per step (default: 16)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train_size_regressor)
 
-    p = sub.add_parser("cam", parents=[debug],
+    p = sub.add_parser("cam", parents=[debug, estimates],
                        help="pseudo-masks of the training slices from the class activation "
                             "maps of a classifier trained on image tags (C13)")
     p.add_argument("--checkpoint", required=True,
@@ -506,8 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True,
                    help="config whose data.train slices get masks, on its data.size / "
                         "data.spacing; its data.priors must list tags")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, as for train")
     p.add_argument("--out", required=True,
                    help="the .npz estimates file to write (never inside a data folder)")
     p.add_argument("--threshold", type=float, default=0.3,
@@ -523,9 +521,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "truth of validation slices (data.val)")
     p.add_argument("--plot-slices", type=int, default=6,
                    help="validation slices in the picture (default: 6)")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_cam)
 
     p = sub.add_parser("report", parents=[debug],

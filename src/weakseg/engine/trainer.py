@@ -745,13 +745,19 @@ def init_weights(model: nn.Module, path: str | Path, class_names: Sequence[str],
             f"{where}: that run has classes {list(ckpt['class_names'])} and "
             f"{ckpt['in_channels']} input channel(s), this data {list(class_names)} and "
             f"{in_channels}; start from a checkpoint trained on the same kind of data")
+    _load_weights(model, ckpt["model"], f"{where}: its weights do not fit this config's "
+                  "network ({reason}); use the same model name and params as the run that "
+                  "wrote it")
+
+
+def _load_weights(model: nn.Module, state: dict[str, Any], message: str) -> None:
+    """``model.load_state_dict(state)``; a mismatch becomes one line: ``message`` with
+    ``{reason}`` replaced by the last line of PyTorch's explanation."""
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise WeaksegError(
-            f"{where}: its weights do not fit this config's network ({first[:160]}); use the "
-            "same model name and params as the run that wrote it") from exc
+        reason = str(exc).strip().splitlines()[-1].strip()[:160]
+        raise WeaksegError(message.replace("{reason}", reason)) from exc
 
 
 def _silent(line: str) -> None:
@@ -1025,13 +1031,8 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, A
         raise WeaksegError(f"checkpoint {path} holds an invalid config ({exc}); it was edited "
                            "by hand or written by another weakseg version") from exc
     model = build_model(cfg, int(ckpt["in_channels"]), len(ckpt["class_names"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise WeaksegError(
-            f"checkpoint {path}: its weights do not fit the network its config describes "
-            f"({first[:160]}); the file was edited by hand or damaged, use it as written"
-        ) from exc
+    _load_weights(model, ckpt["model"], f"checkpoint {path}: its weights do not fit the "
+                  "network its config describes ({reason}); the file was edited by hand or "
+                  "damaged, use it as written")
     model.eval()
     return model, ckpt
