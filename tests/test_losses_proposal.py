@@ -242,3 +242,63 @@ def test_boxes_graphcut_and_self_training_from_init_tiny(tmp_path: Path):
         train(config_from_dict(raw), tmp_path / "no_prior", progress=False, log=lambda s: None)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "no_prior").exists()
+
+
+def test_start_epoch_keeps_the_term_off_then_equals_a_fresh_loss(monkeypatch):
+    """Before ``start_epoch`` the term is 0 with zero gradient and the proposal is not called;
+    from it on, the loss equals one built without a delay (CBST's round starts there too)."""
+    logits, batch = _batch(seed=4)
+    late = ProposalLoss({"name": "cbst", "p0": 0.2, "p_step": 0.2}, start_epoch=2)
+    fresh = ProposalLoss({"name": "cbst", "p0": 0.2, "p_step": 0.2})
+    snapshot = {k: v.clone() for k, v in batch.items()}
+    calls = []
+    monkeypatch.setattr(late.proposal, "forward",
+                        lambda *a, **k: calls.append(1) or pytest.fail("proposal computed"))
+    for _ in range(2):
+        value = late(logits, **batch)
+        value.backward()
+        assert float(value.detach()) == 0.0 and torch.count_nonzero(logits.grad) == 0
+        assert float(late.last_stats["kept"]) == 0.0
+        late.epoch_step()
+    assert not calls and all(torch.equal(batch[k], snapshot[k]) for k in batch)
+    monkeypatch.undo()
+    assert late.proposal.schedule.round == 0 and late.epoch == 2
+    assert torch.equal(late(logits, **batch), fresh(logits, **batch))
+    late.epoch_step()
+    fresh.epoch_step()
+    assert late.proposal.schedule.round == fresh.proposal.schedule.round == 1
+    assert late.get_extra_state()["epoch"] == 3
+
+
+@pytest.mark.parametrize("start", [-1, 1.5, "2", True])
+def test_start_epoch_must_be_a_non_negative_integer(start):
+    with pytest.raises(WeaksegError, match="start_epoch") as info:
+        LossRecipe([LossTerm("proposal", 1.0, {"proposal": "cbst", "start_epoch": start})],
+                   num_classes=3)
+    assert "\n" not in str(info.value)
+
+
+def test_start_epoch_in_training_resume_and_a_never_active_term(tmp_path: Path):
+    """A term that starts after the last epoch leaves the weights exactly as without it; one
+    that starts at epoch 2 is 0 in the log before, active after, and resumes exactly."""
+    raw = _proposal_config(epochs=3)
+    raw["loss"] = raw["loss"][:2]
+    without = dict(raw, loss=raw["loss"][:1])
+    raw["loss"][1]["params"]["start_epoch"] = 3
+    runs = {"never": raw, "without": without}
+    for name, spec in runs.items():
+        train(config_from_dict(spec), tmp_path / name, progress=False, log=lambda s: None)
+    a, b = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    raw["loss"][1]["params"]["start_epoch"] = 2
+    cfg = config_from_dict(raw)
+    train(cfg, tmp_path / "ref", progress=False, log=lambda s: None)
+    train(cfg, tmp_path / "cut", progress=False, log=lambda s: None, stop_after_epoch=1)
+    train(cfg, tmp_path / "cut", resume=True, progress=False, log=lambda s: None)
+    ref, cut = (load_checkpoint(tmp_path / d / "last.pt") for d in ("ref", "cut"))
+    assert all(torch.equal(ref["model"][k], cut["model"][k]) for k in ref["model"])
+    assert ref["recipe"]["losses.1._extra_state"]["epoch"] == 3
+    rows = list(csv.DictReader(open(tmp_path / "cut" / "log.csv")))
+    graphcut = [float(r["train_graphcut"]) for r in rows]
+    assert graphcut[:2] == [0.0, 0.0] and graphcut[2] > 0

@@ -23,6 +23,14 @@ KL projection) and ``cbst`` (class-balanced self-training)::
         params:
           proposal: {name: graphcut, lam: 2.0, sigma: 0.1}
           every: 1            # recompute at every step (k > 1: a per-image cache)
+          start_epoch: 0      # > 0: the term is 0 (not computed) for the first epochs
+
+**Starting late.** ADM starts its alternation from a network already trained on the weak
+labels (Marin et al. CVPR 2019): a young network's proposal confirms its own mistakes (a
+structure it does not predict yet is never proposed). ``start_epoch: n`` keeps the term at 0
+with zero gradient, and the proposal uncomputed, for the first ``n`` epochs of the run (the
+epoch counter advances with :meth:`ProposalLoss.epoch_step` and is checkpointed), so one run
+is "gradient descent on the other terms, then ADM" within the same epoch budget.
 
 **Refreshing.** ``every: 1`` recomputes the proposal of every batch. ``every: k > 1`` keeps
 one proposal per training image (keyed by the batch's ``index``) and recomputes it when it is
@@ -103,6 +111,8 @@ class ProposalLoss(nn.Module):
             **params}`` with its keyword parameters (e.g. ``lam``, ``sigma``).
         every: recompute a training image's proposal every ``every`` steps (1: every step;
             > 1 keeps a per-image cache keyed by the batch ``index``).
+        start_epoch: the epoch (0-based) from which the term is active; before it the loss is 0
+            with zero gradient and no proposal is computed.
         num_classes: injected from the data (CBST's spatial priors, Pathak's multipliers).
 
     :attr:`inputs` are the proposal's batch entries (plus ``index`` and ``image`` with a
@@ -119,7 +129,7 @@ class ProposalLoss(nn.Module):
     inputs: tuple[str, ...]
 
     def __init__(self, proposal: str | Mapping[str, Any] = "graphcut", *, every: int = 1,
-                 num_classes: int | None = None) -> None:
+                 start_epoch: int = 0, num_classes: int | None = None) -> None:
         super().__init__()
         if isinstance(proposal, str):
             name, params = proposal, {}
@@ -132,6 +142,9 @@ class ProposalLoss(nn.Module):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer ≥ 1 (steps between refreshes), "
                              f"got {every!r}")
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"start_epoch must be an integer ≥ 0 (the first epoch with the "
+                             f"proposal), got {start_epoch!r}")
         factory = PROPOSALS.get(name)
         check_kwargs(factory, params, f"proposal '{name}'", injected=("num_classes",))
         if num_classes is not None and "num_classes" in _parameters(factory):
@@ -140,6 +153,8 @@ class ProposalLoss(nn.Module):
         self.name = name
         self.label = name
         self.every = every
+        self.start_epoch = start_epoch
+        self.epoch = 0
         cache_inputs = ("index", "image") if every > 1 else ()
         self.inputs = tuple(dict.fromkeys((*self.proposal.inputs, *cache_inputs)))
         self.step = 0
@@ -153,6 +168,10 @@ class ProposalLoss(nn.Module):
                              f"{tuple(logits.shape)}")
         detached = logits.detach()
         b = logits.shape[0]
+        if self.epoch < self.start_epoch:
+            zero = torch.zeros((), device=logits.device)
+            self.last_stats = {"kept": zero, "empty": zero, "refreshed": zero}
+            return logits.sum() * 0.0
         if self.every == 1 or not self.training:
             target = self.proposal(detached, batch)
             refreshed = b
@@ -200,21 +219,26 @@ class ProposalLoss(nn.Module):
         return target.to(device=logits.device, dtype=dtype), len(stale)
 
     def epoch_step(self) -> None:
-        """End of an epoch: the proposal's schedule advances (CBST's round)."""
-        self.proposal.epoch_step()
+        """End of an epoch: the epoch counter and, once the term is active, the proposal's
+        schedule (CBST's round) advance."""
+        if self.epoch >= self.start_epoch:
+            self.proposal.epoch_step()
+        self.epoch += 1
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"step": self.step,
+        return {"step": self.step, "epoch": self.epoch,
                 "cache": {k: {"target": v.target, "fingerprint": v.fingerprint, "step": v.step}
                           for k, v in self.cache.items()}}
 
     def set_extra_state(self, state: Any) -> None:
         self.step = int(state["step"])
+        self.epoch = int(state.get("epoch", 0))  # checkpoints before start_epoch: 0
         self.cache = {int(k): _Cached(v["target"], v["fingerprint"], int(v["step"]))
                       for k, v in state["cache"].items()}
 
     def extra_repr(self) -> str:
-        return f"proposal='{self.name}', every={self.every}, cached={len(self.cache)}"
+        return (f"proposal='{self.name}', every={self.every}, start_epoch={self.start_epoch}, "
+                f"cached={len(self.cache)}")
 
 
 def _parameters(factory: Any) -> list[str]:
