@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["bench_main", "load_run", "machine", "md_table", "median"]
+__all__ = ["bench_main", "load_run", "load_seeds", "machine", "md_table", "median"]
 
 
 def machine() -> str:
@@ -31,6 +31,17 @@ def load_run(out: Path) -> tuple[dict, list[dict[str, str]]] | None:
     with open(out / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return json.loads((out / "summary.json").read_text()), rows
+
+
+def load_seeds(results: Path, base: str) -> dict[int, tuple[dict, list[dict[str, str]]]]:
+    """Finished runs of a row by training seed: folder ``<base>`` is seed 0, ``<base>@<k>``
+    seed k (the naming of the ``run NAME@SEED`` command of the training benchmarks)."""
+    found = {}
+    for folder in [results / base, *sorted(results.glob(f"{base}@*"))]:
+        run_ = load_run(folder)
+        if run_ is not None:
+            found[int(folder.name.partition("@")[2] or 0)] = run_
+    return found
 
 
 def median(xs: Sequence[float]) -> float:

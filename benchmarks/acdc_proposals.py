@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_main, load_run, md_table, median  # noqa: E402
+from _common import bench_main, load_seeds, md_table, median  # noqa: E402
 from acdc_scribbles import CLASSES, REPO, _machine_line  # noqa: E402
 from acdc_scribbles import overlay as _overlay  # noqa: E402
 
@@ -72,17 +72,6 @@ def run(names: list[str], threads: int) -> None:
         subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def _seeds(base: str) -> dict[int, tuple[dict, list[dict[str, str]]]]:
-    """Finished runs of a row by training seed: ``<base>`` is seed 0, ``<base>@<k>`` seed k."""
-    found = {}
-    for folder in [RESULTS / base, *sorted(RESULTS.glob(f"{base}@*"))]:
-        run_ = load_run(folder)
-        if run_ is not None:
-            seed = int(folder.name.partition("@")[2] or 0)
-            found[seed] = run_
-    return found
-
-
 def _row_stats(runs: dict[int, tuple[dict, list[dict[str, str]]]]) -> dict:
     metrics = [summary["val_metrics"] for summary, _ in runs.values()]
 
@@ -104,7 +93,7 @@ def _row_stats(runs: dict[int, tuple[dict, list[dict[str, str]]]]) -> dict:
 
 
 def report(names: list[str], notes: str) -> None:
-    stats = {n: _row_stats(r) for n in names if (r := _seeds(n))}
+    stats = {n: _row_stats(r) for n in names if (r := load_seeds(RESULTS, n))}
     if "full" not in stats:
         raise SystemExit("the full-supervision run is missing; run it first")
     full = stats["full"]["mean"]
