@@ -11,6 +11,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from weakseg.cli import main
@@ -51,10 +52,14 @@ def test_help_and_list(capsys):
         assert name in out
 
 
-def test_evaluate_writes_table_and_csv(trained: Path, h5_folder: Path, tmp_path: Path, capsys):
+def test_evaluate_writes_table_and_csv(trained: Path, h5_folder: Path, tmp_path: Path, capsys,
+                                       monkeypatch):
     csv_path = tmp_path / "m.csv"
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
     assert main(["evaluate", "--checkpoint", str(trained), "--data", str(h5_folder),
-                 "--patients", "4", "--out", str(csv_path), "--quiet"]) == 0
+                 "--patients", "4", "--out", str(csv_path), "--quiet", "--threads", "1"]) == 0
+    assert threads == [1]
     out = capsys.readouterr().out
     assert "LV" in out and "HD95" in out
     lines = csv_path.read_text().splitlines()

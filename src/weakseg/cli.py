@@ -86,7 +86,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.data.folders import read_labelled
     from weakseg.data.splits import select_groups
-    from weakseg.engine.device import resolve_device
     from weakseg.engine.inference import checkpoint_geometry
     from weakseg.engine.trainer import evaluate_volumes, load_model_from_checkpoint
 
@@ -95,7 +94,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     check_output_file(out, "--out", ".csv")
     _check_exists(args.data, "--data", "a folder of .h5 files or an nnU-Net raw folder")
-    device = resolve_device(args.device)
+    device = _device_and_threads(args)
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
     model.to(device)
     vset = read_labelled(args.data, num_classes=len(ckpt["class_names"]))
@@ -133,7 +132,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from weakseg.data.folders import check_prediction_targets, read_images, write_prediction
-    from weakseg.engine.device import resolve_device
     from weakseg.engine.inference import (
         checkpoint_geometry,
         largest_component,
@@ -143,7 +141,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     out = check_output_folder(args.output, "--output")
     _check_exists(args.input, "--input", "a folder (or file) of .h5 or NIfTI images")
-    device = resolve_device(args.device)
+    device = _device_and_threads(args)
     model, ckpt = load_model_from_checkpoint(args.checkpoint)
     model.to(device)
     volumes = read_images(args.input)
@@ -196,7 +194,6 @@ def _cmd_estimate_priors(args: argparse.Namespace) -> int:
     from weakseg.adapt.curriculum import estimate_priors, estimated_block
     from weakseg.config import load_config
     from weakseg.data.estimates import save_estimates
-    from weakseg.engine.device import resolve_device
 
     out = check_output_file(args.out, "--out", ".npz")
     cfg = load_config(args.config, args.set)
@@ -208,7 +205,7 @@ def _cmd_estimate_priors(args: argparse.Namespace) -> int:
                                f"runs/{out.name}")
     if out.exists() and not args.force:
         raise WeaksegError(f"--out {out} exists; pass --force to replace it")
-    device = resolve_device(args.device)
+    device = _device_and_threads(args)
     est = estimate_priors(args.checkpoint, cfg, grid=args.grid, tta=args.tta, device=device,
                           progress=not args.quiet)
     save_estimates(est, out)
@@ -226,7 +223,6 @@ def _cmd_train_size_regressor(args: argparse.Namespace) -> int:
     from weakseg.adapt.size_regression import train_size_regressor
     from weakseg.config import load_config
     from weakseg.data.estimates import save_estimates
-    from weakseg.engine.device import resolve_device
 
     out = check_output_file(args.out, "--out", ".npz")
     cfg = load_config(args.config, args.set)
@@ -242,7 +238,7 @@ def _cmd_train_size_regressor(args: argparse.Namespace) -> int:
                                f"{getattr(args, option)}")
     fit = train_size_regressor(cfg, holdout=args.holdout, steps=args.steps,
                                batch_size=args.batch_size, lr=args.lr,
-                               device=resolve_device(args.device), progress=not args.quiet)
+                               device=_device_and_threads(args), progress=not args.quiet)
     est = fit.estimates
     save_estimates(est, out)
     print(f"size regressor fitted on {len(fit.fit_groups)} fully labelled patients "
@@ -264,7 +260,6 @@ def _cmd_train_size_regressor(args: argparse.Namespace) -> int:
 def _cmd_cam(args: argparse.Namespace) -> int:
     from weakseg.config import load_config
     from weakseg.data.estimates import save_estimates
-    from weakseg.engine.device import resolve_device
     from weakseg.pseudo.cam import cam_estimates, check_threshold
 
     out = check_output_file(args.out, "--out", ".npz")
@@ -283,7 +278,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
         raise WeaksegError(f"--out {out} exists; pass --force to replace it")
     result = cam_estimates(args.checkpoint, cfg, threshold=threshold, refine=args.refine,
                            plot_slices=args.plot_slices if plot else 0,
-                           device=resolve_device(args.device))
+                           device=_device_and_threads(args))
     est = result.estimates
     save_estimates(est, out)
     shares = ", ".join(f"{c} {v:.4f}" for c, v in zip(est.class_names, est.fractions.mean(0),
@@ -372,9 +367,38 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_options(p: argparse.ArgumentParser) -> None:
+def _threads(text: str) -> int:
+    """``--threads N``: a positive integer (argparse turns the error into one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (CPU threads), got "
+                                         f"{text!r}")
+    return value
+
+
+def _device_and_threads(args: argparse.Namespace) -> Any:
+    """The torch device of ``--device`` after ``--threads`` (when given) set the CPU threads."""
+    import torch
+
+    from weakseg.engine.device import resolve_device
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def _device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--threads", type=_threads, metavar="N",
+                   help="CPU threads of torch (default: torch's own choice)")
+
+
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    _device_options(p)
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the softmax over the 4 flips")
     p.add_argument("--largest-component", action="store_true",
@@ -456,9 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimates = argparse.ArgumentParser(add_help=False)
     estimates.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                            help="override config values, as for train")
-    estimates.add_argument("--device", default="auto",
-                           help="auto (CUDA when available), cpu, cuda, cuda:N or mps "
-                                "(default: auto)")
+    _device_options(estimates)
     estimates.add_argument("--force", action="store_true",
                            help="replace an existing --out file")
 
