@@ -35,13 +35,15 @@ SHARED = {"full", "points_size_lagrangian_per_image", "boxes"}
 #: self-training rows: name -> the row whose selected model (best.pt) they start from
 INIT = {"scribbles_dense_crf_cbst": "scribbles_dense_crf",
         "scribbles_dense_crf_graphcut": "scribbles_dense_crf",
-        "scribbles_dense_crf_more": "scribbles_dense_crf"}
-ORDER = ["full", "scribbles_dense_crf", "scribbles_graphcut", "scribbles_meanfield",
-         "scribbles_dense_crf_more", "scribbles_dense_crf_graphcut", "scribbles_dense_crf_cbst",
-         "points_size_lagrangian_per_image",
+        "scribbles_dense_crf_more": "scribbles_dense_crf",
+        "scribbles_dense_crf_meanfield": "scribbles_dense_crf"}
+ORDER = ["full", "scribbles_dense_crf", "scribbles_graphcut", "scribbles_dense_crf_more",
+         "scribbles_dense_crf_graphcut", "scribbles_dense_crf_meanfield",
+         "scribbles_dense_crf_cbst", "points_size_lagrangian_per_image",
          "points_size_lagrangian_graphcut", "boxes", "boxes_graphcut"]
 #: the gradient row each proposal row is compared with (step time, Dice)
-BASE = {"scribbles_graphcut": "scribbles_dense_crf", "scribbles_meanfield": "scribbles_dense_crf",
+BASE = {"scribbles_graphcut": "scribbles_dense_crf",
+        "scribbles_dense_crf_meanfield": "scribbles_dense_crf_more",
         "scribbles_dense_crf_cbst": "scribbles_dense_crf_more",
         "scribbles_dense_crf_graphcut": "scribbles_dense_crf_more",
         "points_size_lagrangian_graphcut": "points_size_lagrangian_per_image",
