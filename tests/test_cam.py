@@ -6,6 +6,7 @@ and inputs left unmodified."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -297,6 +298,10 @@ def test_masks_file_round_trip_and_prior(tmp_path):
     path = save_estimates(_estimates(masks), tmp_path / "cams.npz")
     back = load_estimates(path)
     assert back.masks is not None and np.array_equal(back.masks, masks)
+    assert back.mask_dice is None
+    scored = save_estimates(dataclasses.replace(_estimates(masks), mask_dice=np.array(
+        [0.5, np.nan])), tmp_path / "scored.npz")
+    assert np.array_equal(load_estimates(scored).mask_dice, [0.5, np.nan], equal_nan=True)
     assert "estimated_masks" in ESTIMATED_PRIORS
     assert PRIOR_KEYS["estimated_masks"] == "pseudo_masks" and "pseudo_masks" in SPATIAL_EXTRAS
     out = estimated_entries(path, ["estimated_masks"], ["b", "a"], [3, 0],
@@ -340,6 +345,7 @@ def test_cam_command_then_segmentation_on_the_masks(cam_run, tmp_path, capsys):
                  "--out", str(out), "--refine", "size", "--plot", "--plot-slices", "2"]) == 0
     said = capsys.readouterr().out
     assert "CAM pseudo-masks (threshold 0.3, refinement size) of 12 training slices" in said
+    assert "pseudo-mask Dice against the training slices' full label maps" in said
     assert (tmp_path / "cams.png").read_bytes()[:4] == b"\x89PNG"
     est = load_estimates(out)
     assert est.masks is not None and est.masks.shape == (12, 32, 32)
@@ -386,6 +392,12 @@ def test_every_refinement_on_the_training_slices(cam_run, refine):
     present = F.one_hot(torch.from_numpy(truth).long(), 4).amax((1, 2)).numpy().astype(bool)
     for c in range(1, 4):
         assert not (est.masks[~present[:, c]] == c).any()
+    # the stored diagnostic Dice, against a direct count on the phantom's label maps
+    assert est.mask_dice is not None and est.mask_dice.shape == (4,)
+    for c in range(4):
+        inter = np.logical_and(est.masks == c, truth == c).sum()
+        total = (est.masks == c).sum() + (truth == c).sum()
+        assert est.mask_dice[c] == pytest.approx(2 * inter / total)
     if refine.startswith("size"):  # at most the largest class size of the training masks
         for c in range(1, 4):
             true = (truth == c).sum((1, 2))[present[:, c]]

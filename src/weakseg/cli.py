@@ -286,6 +286,11 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     print(f"CAM pseudo-masks (threshold {threshold:g}, refinement {args.refine}) of "
           f"{len(est)} training slices ({len(set(est.keys))} volumes) with {args.checkpoint} "
           f"(mean class fractions: {shares}); written to {out}")
+    if est.mask_dice is not None:
+        dice = ", ".join(f"{c} {v:.3f}" for c, v in zip(est.class_names[1:], est.mask_dice[1:],
+                                                        strict=True))
+        print(f"pseudo-mask Dice against the training slices' full label maps (a diagnostic, "
+              f"not used for training): {dice}")
     if plot is not None and result.plot is not None:
         from weakseg.report.cam import plot_cams
 

@@ -27,6 +27,11 @@ array               shape                     what it is
                                               error of each class fraction on held-out
                                               labelled slices (size regressor)
 ``mae_slices``      ()                        optional: how many slices ``mae`` averages
+``mask_dice``       ``(C,)`` float64          optional: Dice of ``masks`` against the
+                                              slices' full label maps, per class, pooled
+                                              over the slices (a diagnostic of the masks'
+                                              quality where the truth is known, as on
+                                              ACDC; NaN for a class absent from both)
 ==================  ========================  =========================================
 
 The fractions are of the slice **on the training grid** (resampled and centred on the
@@ -80,6 +85,7 @@ class Estimates:
     masks: np.ndarray | None = None
     mae: np.ndarray | None = None
     mae_slices: int = 0
+    mask_dice: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, c = len(self.keys), len(self.class_names)
@@ -124,6 +130,8 @@ def save_estimates(estimates: Estimates, path: str | Path) -> Path:
         arrays["mae_slices"] = np.asarray(estimates.mae_slices, dtype=np.int64)
     if estimates.masks is not None:
         arrays["masks"] = np.asarray(estimates.masks, dtype=np.int16)
+    if estimates.mask_dice is not None:
+        arrays["mask_dice"] = np.asarray(estimates.mask_dice, dtype=np.float64)
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return path
@@ -156,7 +164,9 @@ def load_estimates(path: str | Path, *, where: str = "estimates") -> Estimates:
                 spacing=(spacing[0], spacing[1]) if len(spacing) == 2 else None,
                 method=str(z["method"]), source=str(z["source"]),
                 mae=z["mae"].astype(np.float64) if "mae" in z.files else None,
-                mae_slices=int(z["mae_slices"]) if "mae_slices" in z.files else 0)
+                mae_slices=int(z["mae_slices"]) if "mae_slices" in z.files else 0,
+                mask_dice=(z["mask_dice"].astype(np.float64) if "mask_dice" in z.files
+                           else None))
     except WeaksegError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:

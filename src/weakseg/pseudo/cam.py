@@ -47,6 +47,7 @@ __all__ = [
     "CamResult",
     "cam_estimates",
     "cam_logits",
+    "pooled_dice",
     "check_threshold",
     "compute_cams",
     "pseudo_masks",
@@ -274,6 +275,26 @@ class CamResult:
     plot: dict[str, Any] | None = None
 
 
+def pooled_dice(masks: torch.Tensor, truth: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Per-class Dice ``2|M∩T| / (|M| + |T|)`` of label maps ``masks`` against ``truth``
+    (same shape), pooled over all pixels of all slices; pixels where either is negative
+    (abstained / unlabelled) are left out; NaN for a class absent from both.
+
+    Example:
+        >>> pooled_dice(torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 0]]), 2).round(3)
+        array([0.667, 0.667])
+    """
+    keep = (masks >= 0) & (truth >= 0)
+    m = masks[keep].long()
+    t = truth[keep].long()
+    out = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        denom = int((m == c).sum() + (t == c).sum())
+        if denom:
+            out[c] = 2.0 * int(((m == c) & (t == c)).sum()) / denom
+    return out
+
+
 def _grid(size: int) -> int:
     return next(g for g in (4, 2, 1) if size % g == 0)
 
@@ -297,7 +318,9 @@ def cam_estimates(
     config's ``data.priors`` ones, simulated from the full masks as training does. With
     ``plot_slices``, the first validation slices (``data.val``) that show a foreground
     class are kept for :func:`weakseg.report.cam.plot_cams` (their ground truth is read
-    for the picture only).
+    for the picture only). The masks' Dice against the training slices' full label maps
+    (which the tags are simulated from) is stored as ``mask_dice``, a diagnostic that never
+    reaches training.
 
     Raises:
         WeaksegError: the checkpoint is not a CAM model; ``data.priors`` lacks ``tags``;
@@ -340,8 +363,9 @@ def cam_estimates(
         raise WeaksegError(f"data.train={d.train!r} selects no volume of {d.name}")
     norm = Normalization.from_dict(ckpt.get("normalization"))
     wanted = ["tags", "bounds_from_tags"] if "size" in refine else ["tags"]
-    slices = build_slices(volumes, annotation="none", num_classes=len(names), size=d.size,
-                          spacing=spacing, norm=norm, priors=wanted, allow_unlabelled=True)
+    # the full label maps (tags need them anyway) also score the masks: a diagnostic only
+    slices = build_slices(volumes, annotation="full", num_classes=len(names), size=d.size,
+                          spacing=spacing, norm=norm, priors=wanted)
     model.to(device)
     cams = compute_cams(model, slices.images, batch_size=batch_size, device=device)
     tags = slices.extras["tags"]
@@ -357,7 +381,8 @@ def cam_estimates(
                     fractions=onehot.mean(dim=(2, 3)).numpy(),
                     cell_fractions=region_fractions(onehot, (g, g)).numpy(),
                     class_names=names, size=d.size, spacing=spacing, method=method,
-                    source=str(checkpoint), masks=masks.numpy().astype(np.int16))
+                    source=str(checkpoint), masks=masks.numpy().astype(np.int16),
+                    mask_dice=pooled_dice(masks, slices.targets, len(names)))
     picture = None
     if plot_slices > 0:
         picture = _plot_data(model, cfg, dataset, names, spacing, norm, bounds, opts,
