@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -230,3 +231,20 @@ def test_evaluate_with_tta_on_cpu(trained: Path, h5_folder: Path, tmp_path: Path
                  "--patients", "4", "--out", str(tmp_path / "m.csv"), "--quiet", "--tta",
                  "--device", "cpu"]) == 0
     assert "HD95" in capsys.readouterr().out
+
+
+def test_evaluate_reproduces_the_trainers_validation(trained: Path, h5_folder: Path,
+                                                     tmp_path: Path):
+    """``weakseg evaluate`` on the validation patients of a run gives its val_metrics.csv (the
+    best model's validation scores), so post-processed rows (``--largest-component``) scored
+    by evaluate compare with training's own numbers."""
+    csv_path = tmp_path / "m.csv"
+    assert main(["evaluate", "--checkpoint", str(trained), "--data", str(h5_folder),
+                 "--patients", "4", "--out", str(csv_path), "--quiet"]) == 0
+    ours = {r["key"]: r for r in csv.DictReader(open(csv_path)) if r["key"] != "mean"}
+    theirs = {r["key"]: r for r in csv.DictReader(open(trained.parent / "val_metrics.csv"))
+              if r["key"] != "mean"}
+    assert ours.keys() == theirs.keys() and ours
+    for key, row in theirs.items():
+        for metric in ("dice_mean", "dice_RV", "dice_Myo", "dice_LV", "hd95_mean"):
+            assert float(ours[key][metric]) == pytest.approx(float(row[metric]), abs=1e-6)
