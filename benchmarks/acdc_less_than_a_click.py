@@ -68,6 +68,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_run, md_table, median  # noqa: E402
 from acdc_scribbles import CLASSES, REPO, _machine_line  # noqa: E402
+from acdc_scribbles import overlay as _overlay  # noqa: E402
 
 RESULTS = Path(os.environ.get("WEAKSEG_BENCH_RESULTS")
                or REPO / "benchmarks" / "results" / "acdc_less_than_a_click")
@@ -699,26 +700,11 @@ def plot(out_dir: Path, stats: dict[str, dict] | None = None) -> Path | None:
 
 
 def overlay(names: list[str], patients: str, out_dir: Path) -> None:
-    """Mid-ventricle slices of a few validation volumes: truth, each run's prediction (as
-    acdc_scribbles.overlay, with the shared rows read where they were run)."""
-    from weakseg.data import DATASETS
-    from weakseg.engine.inference import checkpoint_geometry, predict_volume
-    from weakseg.engine.trainer import load_model_from_checkpoint
-    from weakseg.report import plot_volume_overlays
-
-    vset = DATASETS.build("acdc_h5", root=REPO.parent / "shared" / "data" / "acdc",
-                          patients=patients)
-    vols = [v for v in vset.volumes if v.key.endswith("frame01")][:4]
-    preds = {}
-    for name in names:
-        ckpt_path = run_folder(name) / "best.pt"
-        if ckpt_path.exists():
-            model, ckpt = load_model_from_checkpoint(ckpt_path)
-            preds[name] = [predict_volume(model, v, **checkpoint_geometry(ckpt)) for v in vols]
-    path = out_dir / "acdc_less_than_a_click_overlay.png"
+    """Mid-ventricle slices of a few validation volumes: truth, each run's prediction
+    (acdc_scribbles.overlay, with the shared rows read where they were run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_volume_overlays(path, vols, preds, class_names=vset.class_names, annotation=None)
-    print(f"wrote {path}")
+    _overlay(names, patients, results=run_folder,
+             path=out_dir / "acdc_less_than_a_click_overlay.png", annotation=None)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import datetime
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -137,10 +138,11 @@ python benchmarks/acdc_scribbles.py overlay full scribbles_pce \
     print(text)
 
 
-def overlay(names: list[str], patients: str, *, results: Path = RESULTS,
-            path: Path = OVERLAY,
+def overlay(names: list[str], patients: str, *,
+            results: Path | Callable[[str], Path] = RESULTS, path: Path = OVERLAY,
             annotation: str | None = "scribble") -> None:
-    """Mid-ventricle slices of a few validation volumes: [scribbles], truth, each run."""
+    """Mid-ventricle slices of a few validation volumes: [scribbles], truth, each run
+    (``results``: the folder holding the runs, or a function from a run name to its folder)."""
     from weakseg.data import DATASETS
     from weakseg.engine.inference import checkpoint_geometry, predict_volume
     from weakseg.engine.trainer import load_model_from_checkpoint
@@ -151,8 +153,9 @@ def overlay(names: list[str], patients: str, *, results: Path = RESULTS,
     vols = [v for v in vset.volumes if v.key.endswith("frame01")][:4]
     preds = {}
     for name in names:
-        if (results / name / "best.pt").exists():
-            model, ckpt = load_model_from_checkpoint(results / name / "best.pt")
+        best = (results(name) if callable(results) else results / name) / "best.pt"
+        if best.exists():
+            model, ckpt = load_model_from_checkpoint(best)
             preds[name] = [predict_volume(model, v, **checkpoint_geometry(ckpt)) for v in vols]
     plot_volume_overlays(path, vols, preds, class_names=vset.class_names,
                          annotation=annotation)
