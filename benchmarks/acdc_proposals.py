@@ -36,10 +36,12 @@ SHARED = {"full", "points_size_lagrangian_per_image", "boxes"}
 INIT = {"scribbles_dense_crf_cbst": "scribbles_dense_crf",
         "scribbles_dense_crf_graphcut": "scribbles_dense_crf",
         "scribbles_dense_crf_more": "scribbles_dense_crf",
-        "scribbles_dense_crf_meanfield": "scribbles_dense_crf"}
-ORDER = ["full", "scribbles_dense_crf", "scribbles_graphcut", "scribbles_dense_crf_more",
-         "scribbles_dense_crf_graphcut", "scribbles_dense_crf_meanfield",
-         "scribbles_dense_crf_cbst", "points_size_lagrangian_per_image",
+        "scribbles_dense_crf_meanfield": "scribbles_dense_crf",
+        "full_more": "full"}
+ORDER = ["full", "full_more", "scribbles_dense_crf", "scribbles_graphcut",
+         "scribbles_dense_crf_more", "scribbles_dense_crf_graphcut",
+         "scribbles_dense_crf_meanfield", "scribbles_dense_crf_cbst",
+         "points_size_lagrangian_per_image",
          "points_size_lagrangian_graphcut", "boxes", "boxes_graphcut"]
 #: the gradient row each proposal row is compared with (step time, Dice)
 BASE = {"scribbles_graphcut": "scribbles_dense_crf",
@@ -109,16 +111,20 @@ def report(names: list[str], notes: str) -> None:
     full = stats["full"]["mean"]
     full_step = stats["full"]["s_epoch"]
     head = ["method", "seeds", "Dice per seed", "Dice mean", "% of full",
-            *[f"Dice {c}" for c in CLASSES], "HD95 mean", "best epoch", "s/epoch",
+            "% of full, same epochs", *[f"Dice {c}" for c in CLASSES], "HD95 mean",
+            "best epoch", "s/epoch",
             "step time × full", "step time × gradient row"]
     rows = []
     for name, st in stats.items():
         base = BASE.get(name)
         ratio = (f"{st['s_epoch'] / stats[base]['s_epoch']:.2f} ({base})"
                  if base in stats else "–")
+        # rows that add 5 epochs to a trained model: against full supervision + 5 epochs
+        same = "full_more" if name in INIT or name == "full_more" else "full"
+        same_pct = (f"{100 * st['mean'] / stats[same]['mean']:.1f}" if same in stats else "–")
         rows.append([
             name, ", ".join(map(str, st["seeds"])), " / ".join(f"{d:.3f}" for d in st["dice"]),
-            f"**{st['mean']:.3f}**", f"{100 * st['mean'] / full:.1f}",
+            f"**{st['mean']:.3f}**", f"{100 * st['mean'] / full:.1f}", same_pct,
             *[f"{st['per_class'][c]:.3f}" for c in CLASSES], f"{st['hd95']:.1f}",
             ", ".join(map(str, st["best"])), f"{st['s_epoch']:.0f}",
             f"{st['s_epoch'] / full_step:.2f}", ratio,
@@ -141,7 +147,9 @@ alike). Same network and budget for every row — 15 epochs × 160 steps, batch 
 poly decay, rot90/flip augmentation — except the rows `scribbles_dense_crf_<x>` that refine a
 trained model: they **add** 5 epochs (lr 3e-4) to the selected dense-CRF model of the same seed
 (`train.init`; their s/epoch is that of the 5 epochs), and `scribbles_dense_crf_more` is their
-control: the same 5 added epochs by gradient descent on the dense-CRF loss itself. The boxes and
+control: the same 5 added epochs by gradient descent on the dense-CRF loss itself; `full_more`
+gives full supervision the same 5 added epochs ("% of full, same epochs" divides those rows by
+it, the others by `full`). The boxes and
 points proposal rows keep the 15-epoch budget and switch the proposal on at epoch 10
 (`start_epoch: 10`): up to there they train exactly as their gradient row with the same seed
 (the delayed term adds an exact zero gradient; tested), and their s/epoch is that of the
