@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["bench_main", "load_run", "load_seeds", "machine", "md_table", "median"]
+__all__ = ["bench_main", "load_run", "load_seeds", "machine", "md_table", "median", "row_stats"]
 
 
 def machine() -> str:
@@ -42,6 +42,37 @@ def load_seeds(results: Path, base: str) -> dict[int, tuple[dict, list[dict[str,
         if run_ is not None:
             found[int(folder.name.partition("@")[2] or 0)] = run_
     return found
+
+
+def row_stats(runs: dict[int, tuple[dict, list[dict[str, str]]]], classes: Sequence[str], *,
+              timed: Callable[[list[dict[str, str]]], list[dict[str, str]]] = lambda rows: rows
+              ) -> dict:
+    """Seed statistics of a row from :func:`load_seeds`: Dice per seed, mean, range, per-class
+    Dice and HD95, last-epoch Dice, best epochs and the median s/epoch over the log rows that
+    ``timed`` keeps (None when a run has no log rows, e.g. a post-processed evaluation)."""
+    metrics = [summary["val_metrics"] for summary, _ in runs.values()]
+
+    def mean(key: str) -> float:
+        return statistics.fmean(m[key] for m in metrics)
+
+    dice = [m["dice_mean"] for m in metrics]
+    times = [float(r["train_seconds"]) for _, rows in runs.values() for r in timed(rows)]
+    last = [float(rows[-1]["val_dice_mean"]) for _, rows in runs.values()
+            if rows and "val_dice_mean" in rows[-1]]
+    return {
+        "seeds": sorted(runs), "dice": dice, "mean": statistics.fmean(dice),
+        "min": min(dice), "max": max(dice),
+        "per_class": {c: mean(f"dice_{c}") for c in classes},
+        "hd95_class": ({c: mean(f"hd95_{c}") for c in classes}
+                       if all(f"hd95_{c}" in m for m in metrics for c in classes) else {}),
+        "hd95": mean("hd95_mean"),
+        "last": statistics.fmean(last) if last else None,
+        "best": [summary.get("best_epoch", "–") for summary, _ in runs.values()],
+        "epochs": [len(rows) for _, rows in runs.values()],
+        "s_epoch": median(times) if times else None,
+        "kept": [float(rows[-1][k]) for _, rows in runs.values() if rows for k in rows[-1]
+                 if k.endswith("_kept")],
+    }
 
 
 def median(xs: Sequence[float]) -> float:

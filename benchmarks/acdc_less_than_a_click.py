@@ -57,7 +57,6 @@ import os
 import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -66,7 +65,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_run, md_table, median  # noqa: E402
+from _common import load_run, md_table, row_stats  # noqa: E402
 from acdc_scribbles import CLASSES, REPO, _machine_line  # noqa: E402
 from acdc_scribbles import overlay as _overlay  # noqa: E402
 
@@ -352,24 +351,6 @@ def seeds_of(base: str) -> dict[int, tuple[dict, list[dict[str, str]]]]:
     return found
 
 
-def row_stats(runs: dict[int, tuple[dict, list[dict[str, str]]]]) -> dict:
-    metrics = [summary["val_metrics"] for summary, _ in runs.values()]
-
-    def mean(key: str) -> float:
-        return statistics.fmean(m[key] for m in metrics)
-
-    dice = [m["dice_mean"] for m in metrics]
-    times = [float(r["train_seconds"]) for _, rows in runs.values() for r in rows]
-    return {
-        "seeds": sorted(runs), "dice": dice, "mean": statistics.fmean(dice),
-        "min": min(dice), "max": max(dice),
-        "per_class": {c: mean(f"dice_{c}") for c in CLASSES},
-        "hd95": mean("hd95_mean"),
-        "best": [summary.get("best_epoch", "–") for summary, _ in runs.values()],
-        "s_epoch": median(times) if times else None,
-    }
-
-
 def known_rows() -> list[str]:
     """Row names with at least one finished seed, in report order."""
     names: set[str] = set()
@@ -414,7 +395,7 @@ def _best_semi_term(stats: dict[str, dict] | None = None) -> str | None:
     for term in _semi_terms():
         name = f"semi_n3_{term}"
         st = stats.get(name) if stats is not None else (
-            row_stats(r) if (r := seeds_of(name)) else None)
+            row_stats(r, CLASSES) if (r := seeds_of(name)) else None)
         if st is not None:
             means[term] = st["mean"]
     return max(means, key=means.__getitem__) if means else None
@@ -529,7 +510,7 @@ def _cam_pictures(out_dir: Path) -> list[str]:
 
 def report(names: list[str], notes: str, out_dir: Path) -> None:
     names = names or known_rows()
-    stats = {n: row_stats(r) for n in names if (r := seeds_of(n))}
+    stats = {n: row_stats(r, CLASSES) for n in names if (r := seeds_of(n))}
     if "full" not in stats:
         raise SystemExit("the full-supervision run is missing; run it first "
                          "(python benchmarks/acdc_less_than_a_click.py run full)")
@@ -650,7 +631,7 @@ def plot(out_dir: Path, stats: dict[str, dict] | None = None) -> Path | None:
     (seed range as error bars), full supervision on all 70 patients as a line."""
     if stats is None:
         names = [n for n in known_rows() if _SEMI_ROW.match(n) or n == "full"]
-        stats = {n: row_stats(r) for n in names if (r := seeds_of(n))}
+        stats = {n: row_stats(r, CLASSES) for n in names if (r := seeds_of(n))}
     curves: dict[str, list[tuple[int, dict]]] = {}
     for name, st in stats.items():
         m = _SEMI_ROW.match(name)

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_main, load_seeds, md_table, median  # noqa: E402
+from _common import bench_main, load_seeds, md_table, row_stats  # noqa: E402
 from acdc_scribbles import CLASSES, REPO, _machine_line  # noqa: E402
 from acdc_scribbles import overlay as _overlay  # noqa: E402
 
@@ -84,28 +83,9 @@ def _proposal_epochs(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return active or rows
 
 
-def _row_stats(runs: dict[int, tuple[dict, list[dict[str, str]]]]) -> dict:
-    metrics = [summary["val_metrics"] for summary, _ in runs.values()]
-
-    def mean(key: str) -> float:
-        return statistics.fmean(m[key] for m in metrics)
-
-    dice = [m["dice_mean"] for m in metrics]
-    return {
-        "seeds": sorted(runs), "dice": dice, "mean": statistics.fmean(dice),
-        "per_class": {c: mean(f"dice_{c}") for c in CLASSES},
-        "hd95": mean("hd95_mean"),
-        "best": [summary["best_epoch"] for summary, _ in runs.values()],
-        "epochs": [len(rows) for _, rows in runs.values()],
-        "s_epoch": median([float(r["train_seconds"]) for _, rows in runs.values()
-                           for r in _proposal_epochs(rows)]),
-        "kept": [float(rows[-1][k]) for _, rows in runs.values() for k in rows[-1]
-                 if k.endswith("_kept")],
-    }
-
-
 def report(names: list[str], notes: str) -> None:
-    stats = {n: _row_stats(r) for n in names if (r := load_seeds(RESULTS, n))}
+    stats = {n: row_stats(r, CLASSES, timed=_proposal_epochs) for n in names
+             if (r := load_seeds(RESULTS, n))}
     if "full" not in stats:
         raise SystemExit("the full-supervision run is missing; run it first")
     full = stats["full"]["mean"]

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_main, load_seeds, md_table, median  # noqa: E402
+from _common import bench_main, load_seeds, md_table, row_stats  # noqa: E402
 from acdc_scribbles import CLASSES, REPO, _machine_line  # noqa: E402
 
 RESULTS = Path(os.environ.get("WEAKSEG_BENCH_RESULTS")
@@ -150,26 +149,6 @@ def _budget(cfg: dict) -> str:
     return text
 
 
-def _row_stats(runs: dict[int, tuple[dict, list[dict[str, str]]]]) -> dict:
-    metrics = [summary["val_metrics"] for summary, _ in runs.values()]
-
-    def mean(key: str) -> float:
-        return statistics.fmean(m[key] for m in metrics)
-
-    dice = [m["dice_mean"] for m in metrics]
-    return {
-        "seeds": sorted(runs), "dice": dice, "mean": statistics.fmean(dice),
-        "per_class": {c: mean(f"dice_{c}") for c in CLASSES},
-        "hd95_class": {c: mean(f"hd95_{c}") for c in CLASSES},
-        "hd95": mean("hd95_mean"),
-        "last": statistics.fmean(float(rows[-1]["val_dice_mean"]) for _, rows in runs.values()),
-        "best": [summary["best_epoch"] for summary, _ in runs.values()],
-        "epochs": [len(rows) for _, rows in runs.values()],
-        "s_epoch": median([float(r["train_seconds"]) for _, rows in runs.values()
-                           for r in rows]),
-    }
-
-
 def _verdict(ok: bool | None) -> str:
     return {True: "**met**", False: "**not met**", None: "not measurable yet"}[ok]
 
@@ -229,7 +208,7 @@ def targets(stats: dict[str, dict]) -> list[str]:
 
 
 def report(names: list[str], notes: str) -> None:
-    stats = {n: _row_stats(r) for n in names if (r := load_seeds(RESULTS, n))}
+    stats = {n: row_stats(r, CLASSES) for n in names if (r := load_seeds(RESULTS, n))}
     if not stats:
         raise SystemExit(f"no finished run of {', '.join(names)} in {RESULTS}; run them first")
     base = stats.get("source_only")
