@@ -6,6 +6,7 @@ Usage:
     python benchmarks/own_data.py convert               # ACDC h5 -> nnU-Net raw (cache)
     python benchmarks/own_data.py run acdc_square_full@0 acdc_spacing_crf@1 ... --threads 1
     python benchmarks/own_data.py speed                 # inference s/volume, window / TTA
+    python benchmarks/own_data.py ddp                   # s/epoch: 1 process vs torchrun 2
     python benchmarks/own_data.py report
 
 ``convert`` writes ACDC patients 021-100 into ``$WEAKSEG_CACHE`` (default
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -160,6 +162,44 @@ def speed(names: list[str], threads: int) -> None:
     (RESULTS / "speed.json").write_text(json.dumps(out, indent=2))
 
 
+#: DDP timing: a short LGE scribble + CRF run (data read in place, nothing to convert).
+DDP_ROW, DDP_EPOCHS, DDP_STEPS = "mscmr_square_crf", 3, 40
+
+
+def ddp() -> None:
+    """Training seconds per epoch of the same run (global batch 8) as one process with 1 and 2
+    torch threads and as ``torchrun --nproc_per_node 2`` (gloo, 1 thread each); medians over
+    the epochs, written to results/own_data/ddp.json. Needs an otherwise idle machine."""
+    out: dict[str, dict[str, float]] = {}
+    cfg_dict = _config(DDP_ROW, 0)
+    cfg_dict["train"].update(epochs=DDP_EPOCHS, steps_per_epoch=DDP_STEPS)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cfg = RESULTS / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    variants = {"1 process, 1 thread": ([sys.executable], 1),
+                "1 process, 2 threads": ([sys.executable], 2),
+                "torchrun 2 processes, 1 thread each": (
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     "--nproc_per_node", "2"], 1)}
+    for i, (label, (launcher, threads)) in enumerate(variants.items()):
+        run_dir = RESULTS / f"ddp_{i}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a timing, not a result to resume
+        cmd = [*launcher, "-m", "weakseg", "train", "--config", str(cfg), "--out",
+               str(run_dir), "--quiet", "--set", f"train.threads={threads}"]
+        print(" ".join(cmd), flush=True)
+        tic = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        wall = time.perf_counter() - tic
+        loaded = load_run(run_dir)
+        if loaded is None:
+            raise SystemExit(f"{run_dir}: no summary written")
+        summary, rows = loaded
+        out[label] = {"s_epoch": median([float(r["train_seconds"]) for r in rows]),
+                      "wall_s": wall, "val_dice_mean": summary["val_metrics"]["dice_mean"]}
+        print(label, out[label], flush=True)
+    (RESULTS / "ddp.json").write_text(json.dumps(out, indent=2))
+
+
 def _load(name: str) -> dict | None:
     run = load_run(RESULTS / name)
     if run is None:
@@ -249,6 +289,7 @@ def main() -> None:
     s = sub.add_parser("speed")
     s.add_argument("names", nargs="+")
     s.add_argument("--threads", type=int, default=1)
+    sub.add_parser("ddp")
     q = sub.add_parser("report")
     q.add_argument("names", nargs="*")
     q.add_argument("--notes", default="")
@@ -259,6 +300,8 @@ def main() -> None:
         run(args.names, args.threads)
     elif args.cmd == "speed":
         speed(args.names, args.threads)
+    elif args.cmd == "ddp":
+        ddp()
     else:
         names = args.names or sorted(p.name for p in RESULTS.glob("*@*") if p.is_dir())
         report(names, args.notes)
